@@ -1,0 +1,164 @@
+"""Checking the review's quantitative claims where the book shows them.
+
+Every chapter that reproduces a claim of the review (the inventory's T1-T27, or a rate behind a figure) calls
+:func:`check` right after computing it.  The call
+
+* compares the measured value with the theory value under a tolerance,
+* prints a one-line verdict the reader sees under the cell,
+* raises :class:`ClaimError` when the measurement is out of tolerance, so that a notebook test fails, and
+* when the environment variable ``DIFFNOTES_CLAIMS_DIR`` is set (the book build sets it), appends a JSON record
+  to ``$DIFFNOTES_CLAIMS_DIR/<chapter>.jsonl``; the Scorecard page of the book is built from these records.
+
+Outside the book build nothing is written: reusing :func:`check` in one's own notebook only prints and raises.
+
+A claim whose asymptotic form is not visible at laptop sizes is checked with ``visible=False``: the assertion is then
+about what the computation does show (a pre-asymptotic slope, an ordering), and the scorecard marks the claim
+"not visible at this size" rather than "reproduced".
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+__all__ = ["Claim", "ClaimError", "check", "KINDS"]
+
+#: How the measurement is compared with the theory value.
+KINDS = {
+    "abs": "|measured - theory| <= tol",
+    "rel": "|measured - theory| <= tol * |theory|",
+    "le": "measured <= theory + tol",
+    "ge": "measured >= theory - tol",
+}
+
+_ID = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]*$")
+
+
+class ClaimError(AssertionError):
+    """A measured value lies outside the tolerance of the claim it checks."""
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One checked claim, as recorded for the Scorecard."""
+
+    id: str
+    quantity: str
+    theory: float
+    tolerance: float
+    kind: str
+    measured: float
+    passed: bool
+    status: str
+    note: str
+    chapter: str
+
+    def verdict(self) -> str:
+        """The one-line verdict printed under the cell."""
+        rule = {
+            "abs": f"{_fmt(self.theory)} +/- {_fmt(self.tolerance)}",
+            "rel": f"{_fmt(self.theory)} +/- {100 * self.tolerance:.3g}%",
+            "le": f"<= {_fmt(self.theory)}" + (f" (+{_fmt(self.tolerance)})" if self.tolerance else ""),
+            "ge": f">= {_fmt(self.theory)}" + (f" (-{_fmt(self.tolerance)})" if self.tolerance else ""),
+        }[self.kind]
+        return f"[{self.id}] {self.quantity}: measured {_fmt(self.measured)}, theory {rule} -> {self.status}"
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.4g}"
+
+
+def _finite(name: str, value) -> float:
+    try:
+        value = float(value)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"{name} must be a real number, got {value!r}") from err
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    return value
+
+
+def check(
+    claim_id: str,
+    quantity: str,
+    *,
+    measured: float,
+    theory: float,
+    tol: float,
+    kind: str = "abs",
+    visible: bool = True,
+    note: str = "",
+) -> Claim:
+    """Check a measured value against the theory and record the result.
+
+    Parameters
+    ----------
+    claim_id
+        The claim's identifier, e.g. ``"T2"`` (inventory numbering) or ``"T13a"`` for a part of a claim.
+    quantity
+        What was measured, in words, e.g. ``"semilog slope of KL(P_T || N(0, I)) against T"``.
+    measured, theory, tol
+        The measured value, the value the theory predicts, and the tolerance (from the theory and the Monte Carlo
+        error, never widened to make a number pass).
+    kind
+        The comparison, one of :data:`KINDS`: ``"abs"`` (default), ``"rel"``, ``"le"`` (an upper bound) or
+        ``"ge"`` (a lower bound).
+    visible
+        ``False`` when the claim's asymptotic form is not visible at this size; what is then checked is what the
+        computation really shows, and the scorecard says "not visible at this size".
+    note
+        A short remark shown on the scorecard.
+
+    Returns
+    -------
+    Claim
+        The record, also printed as a one-line verdict.
+
+    Raises
+    ------
+    ClaimError
+        When the measurement is out of tolerance.
+    ValueError, TypeError
+        On a malformed id, an unknown kind, a negative tolerance or a non-finite number.
+    """
+    if not isinstance(claim_id, str) or not _ID.match(claim_id):
+        raise ValueError(f"claim_id must be a short identifier such as 'T2', got {claim_id!r}")
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {sorted(KINDS)}, got {kind!r}")
+    measured = _finite("measured", measured)
+    theory = _finite("theory", theory)
+    tol = _finite("tol", tol)
+    if tol < 0:
+        raise ValueError(f"tol must be >= 0, got {tol}")
+    passed = {
+        "abs": abs(measured - theory) <= tol,
+        "rel": abs(measured - theory) <= tol * abs(theory),
+        "le": measured <= theory + tol,
+        "ge": measured >= theory - tol,
+    }[kind]
+    if not passed:
+        status = "FAILED"
+    else:
+        status = "reproduced" if visible else "not visible at this size"
+    chapter = os.environ.get("DIFFNOTES_CHAPTER", "")
+    claim = Claim(claim_id, quantity, theory, tol, kind, measured, bool(passed), status, note, chapter)
+    print(claim.verdict())
+    _record(claim)
+    if not passed:
+        raise ClaimError(claim.verdict() + f" (rule: {KINDS[kind]})")
+    return claim
+
+
+def _record(claim: Claim) -> None:
+    folder = os.environ.get("DIFFNOTES_CLAIMS_DIR")
+    if not folder:
+        return
+    path = Path(folder)
+    path.mkdir(parents=True, exist_ok=True)
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", claim.chapter or "unnamed")
+    with open(path / f"{name}.jsonl", "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(asdict(claim)) + "\n")

@@ -1,0 +1,345 @@
+r"""Samplers: discretisations of the backward process driven by a score function.
+
+The backward SDE of the review (Section 2.1), written in the forward time t that runs from T down to t0,
+
+.. math::
+
+    \mathrm dX = \big[\tfrac12 g(t) X + g(t)\,\nabla\log p_t(X)\big]\,\mathrm d\tau + \sqrt{g(t)}\,\mathrm d\bar W_\tau,
+    \qquad \tau = T - t,
+
+and its probability-flow ODE :math:`\mathrm dX/\mathrm d\tau = \tfrac12 g(t)\,(X + \nabla\log p_t(X))` share one
+signature here::
+
+    sampler(score, x, times, *, sde=None, generator=None, noise=None, return_trajectory=False, **options)
+
+* ``score(x, t)`` returns a tensor shaped like ``x`` (the package's one protocol; ``t`` is passed as a tensor with one
+  time per row);
+* ``x`` is the start (a tensor, usually draws from :math:`\mathsf N(0, I)`) or its shape, then drawn from
+  :math:`\mathsf N(0, I)` with ``generator``;
+* ``times`` is a strictly decreasing grid :math:`T \ge t_0 > t_1 > \dots > t_N > 0` (see :func:`time_grid`); the last
+  time is the early-stopping time :math:`t_0` of the review;
+* ``noise``, if given, replaces the Gaussian draws: it is called as ``noise(like)`` for every injection and returns a
+  tensor shaped like ``like``.  It serves common-random-number comparisons and the exact output laws of
+  :mod:`diffnotes.oracle`;
+* the result is the final state, or ``(final, trajectory)`` with the trajectory of shape (N + 1, n, D).
+
+Book chapter: *Samplers*.  References: :cite:p:`song2021score,ho2020denoising,song2021denoising,zhang2023fast`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable
+
+import torch
+
+from .sde import VPSDE, ConstantVP, as_time
+
+__all__ = [
+    "time_grid",
+    "euler_maruyama",
+    "exponential_integrator",
+    "probability_flow_euler",
+    "probability_flow_heun",
+    "ddpm",
+    "ddim",
+    "predictor_corrector",
+    "SAMPLERS",
+    "DETERMINISTIC",
+    "EVALS_PER_STEP",
+]
+
+Score = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def time_grid(sde: VPSDE, t0: float, n_steps: int, spacing: str = "uniform", T: float | None = None):
+    r"""A decreasing grid of ``n_steps + 1`` times from T down to the early-stopping time t0.
+
+    Spacings: ``"uniform"`` in t; ``"quadratic"`` (uniform in :math:`\sqrt t`, dense near t0, the DDIM choice);
+    ``"log"`` (uniform in :math:`\log t`); ``"logsnr"`` (uniform in :math:`\log(\alpha^2/h)`, the DPM-Solver choice).
+
+    Parameters
+    ----------
+    sde : VPSDE
+        The forward process (its horizon is the default T).
+    t0 : float
+        Early-stopping time, 0 < t0 < T.
+    n_steps : int
+        Number of steps, at least 1.
+    spacing : str
+        One of the spacings above.
+    T : float, optional
+        Start time, at most ``sde.T``.
+    """
+    T = sde.T if T is None else float(T)
+    if not 0 < T <= sde.T * (1 + 1e-12):
+        raise ValueError(f"T must lie in (0, {sde.T:g}], got {T}")
+    t0 = float(t0)
+    if not 0 < t0 < T:
+        raise ValueError(f"the early-stopping time t0 must satisfy 0 < t0 < T = {T:g}, got t0 = {t0:g}")
+    if isinstance(n_steps, bool) or int(n_steps) != n_steps or n_steps < 1:
+        raise ValueError(f"n_steps must be a positive integer, got {n_steps!r}")
+    u = torch.linspace(0, 1, int(n_steps) + 1, dtype=torch.float64)
+    if spacing == "uniform":
+        grid = T + (t0 - T) * u
+    elif spacing == "quadratic":
+        grid = (math.sqrt(T) + (math.sqrt(t0) - math.sqrt(T)) * u) ** 2
+    elif spacing == "log":
+        grid = torch.exp(math.log(T) + (math.log(t0) - math.log(T)) * u)
+    elif spacing == "logsnr":
+        lo, hi = sde.log_snr(T), sde.log_snr(t0)
+        grid = sde.time_of_log_snr(lo + (hi - lo) * u)
+    else:
+        raise ValueError(f"spacing must be 'uniform', 'quadratic', 'log' or 'logsnr', got {spacing!r}")
+    grid[0], grid[-1] = T, t0  # exact end points despite round-off
+    return grid
+
+
+# -- the common driver ------------------------------------------------------------------------------------
+def _check_times(times, sde: VPSDE) -> torch.Tensor:
+    times = as_time(times).to(torch.float64)
+    if times.ndim != 1 or times.numel() < 2:
+        raise ValueError(f"times must be a 1-D grid of at least 2 times (T, ..., t0), got shape {tuple(times.shape)}")
+    if not torch.all(torch.isfinite(times)):
+        raise ValueError("times must be finite")
+    if not torch.all(times[1:] < times[:-1]):
+        raise ValueError("times must be strictly decreasing, from T down to the early-stopping time t0")
+    if times[-1] <= 0:
+        raise ValueError(f"the last time t0 must be > 0 (scores blow up at t = 0), got {float(times[-1]):g}")
+    if times[0] > sde.T * (1 + 1e-12):
+        raise ValueError(f"the first time must not exceed the horizon T = {sde.T:g}, got {float(times[0]):g}")
+    return times
+
+
+def _start(x, generator, dtype=torch.float64) -> torch.Tensor:
+    if isinstance(x, torch.Tensor):
+        if x.ndim != 2:
+            raise ValueError(f"the start x must have shape (n, D), got {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise TypeError(f"the start x must be a floating tensor, got dtype {x.dtype}")
+        return x.clone()
+    shape = tuple(int(s) for s in x)
+    if len(shape) != 2 or min(shape) < 1:
+        raise ValueError(f"a start shape must be (n, D) with n, D >= 1, got {x!r}")
+    return torch.randn(shape, generator=generator, dtype=dtype)
+
+
+class _Run:
+    """State shared by one sampler call: the score with per-row times, the noise source, the trajectory."""
+
+    def __init__(self, score, x, times, sde, generator, noise, return_trajectory):
+        if not callable(score):
+            raise TypeError("score must be a callable score(x, t)")
+        if noise is not None and not callable(noise):
+            raise TypeError("noise must be a callable noise(like) -> tensor, or None")
+        self.sde = sde if sde is not None else ConstantVP()
+        if not isinstance(self.sde, VPSDE):
+            raise TypeError(f"sde must be a VPSDE, got {type(self.sde).__name__}")
+        self.times = _check_times(times, self.sde)
+        self.x = _start(x, generator)
+        self._score, self._generator, self._noise = score, generator, noise
+        self.trajectory = [self.x.clone()] if return_trajectory else None
+
+    def score(self, x, t):
+        t_rows = torch.full((x.shape[0],), float(t), dtype=x.dtype, device=x.device)
+        s = self._score(x, t_rows)
+        if not isinstance(s, torch.Tensor) or s.shape != x.shape:
+            raise ValueError(f"score(x, t) must return a tensor shaped like x {tuple(x.shape)}, got "
+                             f"{getattr(s, 'shape', type(s))}")
+        return s
+
+    def draw(self, like):
+        if self._noise is not None:
+            return self._noise(like)
+        return torch.randn(like.shape, generator=self._generator, dtype=like.dtype, device=like.device)
+
+    def steps(self):
+        for k in range(self.times.numel() - 1):
+            yield float(self.times[k]), float(self.times[k + 1])
+
+    def record(self, x):
+        self.x = x
+        if self.trajectory is not None:
+            self.trajectory.append(x.clone())
+
+    def result(self):
+        if not torch.all(torch.isfinite(self.x)):
+            raise FloatingPointError(
+                "the sampler produced non-finite values: the step is too large for this score, or t0 too small"
+            )
+        if self.trajectory is None:
+            return self.x
+        return self.x, torch.stack(self.trajectory)
+
+
+def _sampler(step):
+    """Turn a one-step rule ``step(run, x, t, t_next, **options) -> x_next`` into a sampler."""
+
+    def sampler(score: Score, x, times, *, sde=None, generator=None, noise=None, return_trajectory=False, **options):
+        run = _Run(score, x, times, sde, generator, noise, return_trajectory)
+        with torch.no_grad():
+            for t, t_next in run.steps():
+                run.record(step(run, run.x, t, t_next, **options))
+        return run.result()
+
+    sampler.__name__ = step.__name__.lstrip("_")
+    sampler.__qualname__ = sampler.__name__
+    sampler.__doc__ = step.__doc__
+    common = [p for p in inspect.signature(sampler).parameters.values() if p.kind != p.VAR_KEYWORD]
+    extra = list(inspect.signature(step).parameters.values())[4:]
+    sampler.__signature__ = inspect.Signature(common + [p.replace(kind=p.KEYWORD_ONLY) for p in extra])
+    return sampler
+
+
+def _scalar(sde_fn, t) -> float:
+    return float(sde_fn(torch.tensor(t, dtype=torch.float64)))
+
+
+# -- the samplers ---------------------------------------------------------------------------------------
+@_sampler
+def _euler_maruyama(run, x, t, t_next):
+    r"""Euler-Maruyama for the reverse SDE (review Section 2.1).
+
+    .. math:: x \leftarrow x + \Delta\,g(t)\,[\tfrac12 x + s(x, t)] + \sqrt{g(t)\Delta}\,\xi,\qquad \Delta = t - t'.
+    """
+    dt = t - t_next
+    g = _scalar(run.sde.g, t)
+    return x + dt * g * (0.5 * x + run.score(x, t)) + math.sqrt(g * dt) * run.draw(x)
+
+
+@_sampler
+def _exponential_integrator(run, x, t, t_next):
+    r"""Exponential integrator: the linear drift is integrated exactly, the score frozen on the step.
+
+    With :math:`A = G(t) - G(t')` (so :math:`e^{A/2} = \alpha(t')/\alpha(t)`),
+
+    .. math:: x \leftarrow e^{A/2} x + 2(e^{A/2} - 1)\,s(x, t) + \sqrt{e^{A} - 1}\;\xi .
+
+    :cite:p:`zhang2023fast`; the discretisation analysed by :cite:t:`chen2023sampling` and :cite:t:`benton2024nearly`.
+    """
+    A = _scalar(run.sde.integral, t) - _scalar(run.sde.integral, t_next)
+    return math.exp(A / 2) * x + 2 * math.expm1(A / 2) * run.score(x, t) + math.sqrt(math.expm1(A)) * run.draw(x)
+
+
+def _pf_drift(run, x, t):
+    return 0.5 * _scalar(run.sde.g, t) * (x + run.score(x, t))
+
+
+@_sampler
+def _probability_flow_euler(run, x, t, t_next):
+    r"""Euler steps on the probability-flow ODE :math:`\dot x = \tfrac12 g(t)(x + s(x, t))` (first order).
+
+    :cite:p:`song2021score`.
+    """
+    return x + (t - t_next) * _pf_drift(run, x, t)
+
+
+@_sampler
+def _probability_flow_heun(run, x, t, t_next):
+    r"""Heun's method (explicit trapezoid) on the probability-flow ODE: second order, two score calls a step.
+
+    :cite:p:`song2021score,karras2022elucidating`.
+    """
+    dt = t - t_next
+    d1 = _pf_drift(run, x, t)
+    x_euler = x + dt * d1
+    return x + 0.5 * dt * (d1 + _pf_drift(run, x_euler, t_next))
+
+
+def _abar(run, t):
+    return _scalar(run.sde.alpha, t) ** 2
+
+
+@_sampler
+def _ddpm(run, x, t, t_next):
+    r"""DDPM ancestral sampling on any grid: draw from :math:`q(x_{t'} \mid x_t, \hat x_0)`.
+
+    With :math:`\bar\alpha = \alpha(t)^2`, :math:`\bar\alpha' = \alpha(t')^2` and
+    :math:`\beta = 1 - \bar\alpha/\bar\alpha'`,
+
+    .. math::
+
+        x \leftarrow \frac{x + \beta\,s(x, t)}{\sqrt{1-\beta}} + \sqrt{\tilde\beta}\,\xi,\qquad
+        \tilde\beta = \frac{1-\bar\alpha'}{1-\bar\alpha}\,\beta,
+
+    which is Algorithm 2 of :cite:t:`ho2020denoising` with :math:`\epsilon = -\sqrt{1-\bar\alpha}\,s` and the posterior
+    variance (diffusers' ``fixed_small``).  On :class:`~diffnotes.sde.DiscreteVP` node times it is exactly DDPM.
+    """
+    ab, ab_next = _abar(run, t), _abar(run, t_next)
+    beta = 1 - ab / ab_next
+    var = (1 - ab_next) / (1 - ab) * beta
+    return (x + beta * run.score(x, t)) / math.sqrt(1 - beta) + math.sqrt(var) * run.draw(x)
+
+
+@_sampler
+def _ddim(run, x, t, t_next, eta: float = 0.0):
+    r"""DDIM: predict :math:`\hat x_0` by Tweedie, then move to :math:`t'` along the predicted noise.
+
+    .. math::
+
+        \hat x_0 = \frac{x + (1-\bar\alpha)s}{\sqrt{\bar\alpha}},\quad \hat\epsilon = -\sqrt{1-\bar\alpha}\,s,\quad
+        x \leftarrow \sqrt{\bar\alpha'}\,\hat x_0 + \sqrt{1-\bar\alpha'-\sigma^2}\,\hat\epsilon + \sigma\xi,
+
+    with :math:`\sigma = \eta\sqrt{(1-\bar\alpha')/(1-\bar\alpha)}\sqrt{1-\bar\alpha/\bar\alpha'}`.  ``eta = 0``
+    (default) is the deterministic DDIM, a first-order solver of the probability-flow ODE; ``eta = 1`` is DDPM.
+    :cite:p:`song2021denoising`.
+    """
+    if not 0 <= eta <= 1:
+        raise ValueError(f"the DDIM parameter eta must lie in [0, 1], got {eta}")
+    ab, ab_next = _abar(run, t), _abar(run, t_next)
+    s = run.score(x, t)
+    x0 = (x + (1 - ab) * s) / math.sqrt(ab)
+    eps = -math.sqrt(1 - ab) * s
+    sigma = eta * math.sqrt((1 - ab_next) / (1 - ab) * (1 - ab / ab_next))
+    out = math.sqrt(ab_next) * x0 + math.sqrt(1 - ab_next - sigma**2) * eps
+    return out + sigma * run.draw(x) if sigma > 0 else out
+
+
+@_sampler
+def _predictor_corrector(run, x, t, t_next, n_corrector: int = 1, snr: float = 0.16):
+    r"""Predictor-corrector: an Euler-Maruyama reverse step, then Langevin corrector steps at the new time.
+
+    Each corrector step is :math:`x \leftarrow x + \epsilon\,s(x, t') + \sqrt{2\epsilon}\,\xi` with
+    :math:`\epsilon = 2\,\mathrm{snr}^2\,h(t')`.  This is the rule of :cite:t:`song2021score` with the noise variance
+    :math:`h(t')` standing in for their ratio :math:`\|\xi\|^2/\|s\|^2` (the two agree for Gaussian data near the
+    prior), chosen so that the step does not depend on x and the sampler stays linear on Gaussian data.
+    Supporting material: not named in the review; :cite:t:`lee2022convergence` analyse such schemes.
+    """
+    if isinstance(n_corrector, bool) or int(n_corrector) != n_corrector or n_corrector < 0:
+        raise ValueError(f"n_corrector must be a non-negative integer, got {n_corrector!r}")
+    if not snr > 0:
+        raise ValueError(f"snr must be positive, got {snr}")
+    dt = t - t_next
+    g = _scalar(run.sde.g, t)
+    x = x + dt * g * (0.5 * x + run.score(x, t)) + math.sqrt(g * dt) * run.draw(x)
+    eps = 2 * snr**2 * _scalar(run.sde.h, t_next)
+    for _ in range(int(n_corrector)):
+        x = x + eps * run.score(x, t_next) + math.sqrt(2 * eps) * run.draw(x)
+    return x
+
+
+euler_maruyama = _euler_maruyama
+exponential_integrator = _exponential_integrator
+probability_flow_euler = _probability_flow_euler
+probability_flow_heun = _probability_flow_heun
+ddpm = _ddpm
+ddim = _ddim
+predictor_corrector = _predictor_corrector
+
+#: Every sampler by name.
+SAMPLERS = {
+    "euler_maruyama": euler_maruyama,
+    "exponential_integrator": exponential_integrator,
+    "probability_flow_euler": probability_flow_euler,
+    "probability_flow_heun": probability_flow_heun,
+    "ddpm": ddpm,
+    "ddim": ddim,
+    "predictor_corrector": predictor_corrector,
+}
+
+#: The samplers that inject no noise (with their default options).
+DETERMINISTIC = ("probability_flow_euler", "probability_flow_heun", "ddim")
+
+#: Score evaluations per step of each sampler (at default options).
+EVALS_PER_STEP = {name: 1 for name in SAMPLERS} | {"probability_flow_heun": 2, "predictor_corrector": 2}
