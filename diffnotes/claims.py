@@ -69,7 +69,7 @@ class Claim:
 
 
 def _fmt(v: float) -> str:
-    return f"{v:.4g}"
+    return f"{v:.5g}"
 
 
 def _finite(name: str, value) -> float:
@@ -125,7 +125,7 @@ def check(
     ValueError, TypeError
         On a malformed id, an unknown kind, a negative tolerance or a non-finite number.
     """
-    if not isinstance(claim_id, str) or not _ID.match(claim_id):
+    if not isinstance(claim_id, str) or not _ID.fullmatch(claim_id):
         raise ValueError(f"claim_id must be a short identifier such as 'T2', got {claim_id!r}")
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {sorted(KINDS)}, got {kind!r}")

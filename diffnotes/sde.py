@@ -141,6 +141,30 @@ class VPSDE:
         eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
         return self.alpha(t) * x0 + torch.sqrt(self.h(t)) * eps, eps
 
+    def forward_path(self, x0: torch.Tensor, times, generator: torch.Generator | None = None) -> torch.Tensor:
+        r"""Simulate forward paths exactly on an increasing grid of times (the first may be 0).
+
+        Between grid times s < t the process moves by its exact transition
+        :math:`X_t \mid X_s \sim \mathsf N\big(r X_s,\ 1 - r^2\big)` with :math:`r = \alpha(t)/\alpha(s)`,
+        so there is no discretisation error.  Returns the paths, shape (len(times), n, D), starting at ``x0`` when
+        the first time is 0.
+        """
+        if not isinstance(x0, torch.Tensor) or x0.ndim != 2:
+            raise ValueError(f"x0 must be a tensor of shape (n, D), got {getattr(x0, 'shape', type(x0))}")
+        times = self.check_time(times, allow_zero=True, name="times")
+        if times.ndim != 1 or not torch.all(torch.diff(times) > 0):
+            raise ValueError("times must be a 1-D, strictly increasing grid")
+        G = self.integral(times)
+        path, x, G_prev = [], x0, torch.zeros((), dtype=G.dtype)
+        for Gk in G:
+            dG = Gk - G_prev
+            if dG > 0:
+                noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+                x = torch.exp(-dG / 2) * x + torch.sqrt(-torch.expm1(-dG)) * noise
+            path.append(x)
+            G_prev = Gk
+        return torch.stack(path)
+
     def prior_sample(self, shape, generator: torch.Generator | None = None, dtype=torch.float64) -> torch.Tensor:
         r"""Draw from the reference law :math:`\mathsf N(0, I)` that stands in for :math:`P_T`."""
         return torch.randn(tuple(shape), generator=generator, dtype=dtype)

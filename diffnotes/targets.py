@@ -163,6 +163,15 @@ class GaussianMixture:
         lj, _, _ = self._log_joint(x, one, 0 * one)
         return torch.logsumexp(lj, dim=1)
 
+    def cdf(self, x, t=0.0) -> torch.Tensor:
+        r"""Cumulative distribution function of :math:`P_t` (t in [0, T]) for one-dimensional mixtures."""
+        if self.dim != 1:
+            raise ValueError(f"cdf() is defined for one-dimensional mixtures, this one has D = {self.dim}")
+        law = self.diffused(t)
+        x = torch.as_tensor(np.asarray(x, dtype=np.float64)) if not isinstance(x, torch.Tensor) else x
+        sd = torch.sqrt(law.covs[:, 0, 0])
+        return (law.weights * torch.special.ndtr((x.reshape(-1, 1) - law.means[:, 0]) / sd)).sum(-1).reshape(x.shape)
+
     def component_scores(self, x, t) -> torch.Tensor:
         r"""The score of each diffused component, :math:`(\alpha^2\Sigma_k+hI)^{-1}(\alpha\mu_k - x)`: (n, K, D)."""
         x = self._check_x(x)

@@ -86,3 +86,18 @@ def test_bad_schedules_are_refused():
         LinearVP(beta_min=0.0)
     with pytest.raises(ValueError, match="shape"):
         ConstantVP().marginal_sample(torch.zeros(3), 0.5)
+
+
+def test_forward_paths_have_the_exact_marginals():
+    sde = ConstantVP(T=4.0)
+    gen = torch.Generator().manual_seed(5)
+    x0 = torch.full((100000, 1), 3.0, dtype=torch.float64)
+    times = torch.tensor([0.0, 0.1, 1.0, 4.0], dtype=torch.float64)
+    paths = sde.forward_path(x0, times, gen)
+    assert paths.shape == (4, 100000, 1) and torch.equal(paths[0], x0)
+    for k in range(1, 4):
+        a, h = float(sde.alpha(times[k])), float(sde.h(times[k]))
+        assert abs(float(paths[k].mean()) - 3 * a) < 5 * math.sqrt(h / 1e5)
+        assert abs(float(paths[k].var()) - h) < 5 * h * math.sqrt(2e-5)
+    with pytest.raises(ValueError, match="increasing"):
+        sde.forward_path(x0, torch.tensor([1.0, 0.5]))

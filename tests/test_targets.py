@@ -128,3 +128,14 @@ def test_bad_calls_are_refused():
         SubspaceMixture(torch.ones(3, 1), [1.0], [[0.0]], [1.0])
     with pytest.raises(ValueError, match="cannot exceed"):
         orthonormal_basis(2, 3)
+
+
+def test_cdf_of_a_one_dimensional_mixture():
+    target = GaussianMixture([0.3, 0.7], [[-2.0], [2.0]], [0.25, 0.5])
+    grid = torch.linspace(-9, 9, 20001, dtype=torch.float64)
+    for t in [0.0, 0.3, 3.0]:
+        dens = torch.exp(target.log_prob(grid[:, None], t)) if t > 0 else torch.exp(target.data_log_prob(grid[:, None]))
+        numeric = torch.cumulative_trapezoid(dens, grid)
+        assert torch.allclose(target.cdf(grid[1:], t), numeric, atol=1e-7)
+    with pytest.raises(ValueError, match="one-dimensional"):
+        ring_mixture(3).cdf(torch.zeros(3), 1.0)
