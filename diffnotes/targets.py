@@ -197,8 +197,8 @@ class GaussianMixture:
         return -torch.einsum("nk,nke,kde->nd", w, z / var, self._evecs.to(x))
 
     # -- classes -------------------------------------------------------------------------------------
-    def _check_y(self, y, n) -> torch.Tensor:
-        y = torch.as_tensor(y)
+    def _check_y(self, y, n, device=None) -> torch.Tensor:
+        y = torch.as_tensor(y, device=device)
         if y.is_floating_point() or y.dtype == torch.bool:
             raise TypeError(f"class labels must be integers, got dtype {y.dtype}")
         y = y.long()
@@ -225,7 +225,7 @@ class GaussianMixture:
     def conditional_score(self, x, y, t) -> torch.Tensor:
         r"""Exact class-conditional score :math:`\nabla_x\log p_t(x\mid y)`, y one id or one per row: (n, D)."""
         x = self._check_x(x)
-        y = self._check_y(y, x.shape[0])
+        y = self._check_y(y, x.shape[0], x.device)
         mask = self.labels.to(x.device)[None, :] == y[:, None]
         return self._restricted_score(x, t, mask)
 
