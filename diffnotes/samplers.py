@@ -45,6 +45,7 @@ __all__ = [
     "ddpm",
     "ddim",
     "predictor_corrector",
+    "dpm_solver_pp",
     "SAMPLERS",
     "DETERMINISTIC",
     "EVALS_PER_STEP",
@@ -140,6 +141,9 @@ class _Run:
         self.x = _start(x, generator)
         self._score, self._generator, self._noise = score, generator, noise
         self.trajectory = [self.x.clone()] if return_trajectory else None
+        self.memory: dict = {}  # state carried between the steps of multistep methods
+        self.n_steps = self.times.numel() - 1
+        self.step_index = 0
 
     def score(self, x, t):
         t_rows = torch.full((x.shape[0],), float(t), dtype=x.dtype, device=x.device)
@@ -155,7 +159,8 @@ class _Run:
         return torch.randn(like.shape, generator=self._generator, dtype=like.dtype, device=like.device)
 
     def steps(self):
-        for k in range(self.times.numel() - 1):
+        for k in range(self.n_steps):
+            self.step_index = k
             yield float(self.times[k]), float(self.times[k + 1])
 
     def record(self, x):
@@ -319,6 +324,42 @@ def _predictor_corrector(run, x, t, t_next, n_corrector: int = 1, snr: float = 0
     return x
 
 
+@_sampler
+def _dpm_solver_pp(run, x, t, t_next, order: int = 2, lower_order_final: bool = True):
+    r"""DPM-Solver++ (2M): the multistep second-order solver of the probability-flow ODE in data prediction.
+
+    With :math:`\lambda = \log(\alpha/\sigma)`, :math:`\sigma = \sqrt h`, step :math:`\delta = \lambda(t') - \lambda(t)`
+    and Tweedie's data prediction :math:`\hat x_0(x, t)`, each step is
+
+    .. math::
+
+        x \leftarrow \frac{\sigma(t')}{\sigma(t)}\,x - \alpha(t')\,(e^{-\delta} - 1)\,D,\qquad
+        D = \hat x_0^{(k)} + \frac{1}{2r}\big(\hat x_0^{(k)} - \hat x_0^{(k-1)}\big),\quad
+        r = \frac{\delta_{k-1}}{\delta_k},
+
+    reusing the previous step's prediction (one score call a step).  The first step, ``order=1``, and (with
+    ``lower_order_final`` and fewer than 15 steps) the last step use :math:`D = \hat x_0^{(k)}`, which is DDIM.
+    These are the choices of diffusers' ``DPMSolverMultistepScheduler`` (``algorithm_type="dpmsolver++"``,
+    ``solver_type="midpoint"``).  :cite:p:`lu2022dpmsolverpp`.
+    """
+    if order not in (1, 2):
+        raise ValueError(f"DPM-Solver++ supports order 1 or 2, got {order!r}")
+    sde = run.sde
+    a, a_next = _scalar(sde.alpha, t), _scalar(sde.alpha, t_next)
+    s, s_next = math.sqrt(_scalar(sde.h, t)), math.sqrt(_scalar(sde.h, t_next))
+    lam, lam_next = math.log(a / s), math.log(a_next / s_next)
+    delta = lam_next - lam
+    x0 = (x + s**2 * run.score(x, t)) / a
+    D = x0
+    previous = run.memory.get("previous")
+    final = run.step_index == run.n_steps - 1 and lower_order_final and run.n_steps < 15
+    if order == 2 and previous is not None and not final:
+        x0_prev, delta_prev = previous
+        D = x0 + (x0 - x0_prev) / (2 * delta_prev / delta)
+    run.memory["previous"] = (x0, delta)
+    return (s_next / s) * x - a_next * math.expm1(-delta) * D
+
+
 euler_maruyama = _euler_maruyama
 exponential_integrator = _exponential_integrator
 probability_flow_euler = _probability_flow_euler
@@ -326,6 +367,7 @@ probability_flow_heun = _probability_flow_heun
 ddpm = _ddpm
 ddim = _ddim
 predictor_corrector = _predictor_corrector
+dpm_solver_pp = _dpm_solver_pp
 
 #: Every sampler by name.
 SAMPLERS = {
@@ -336,10 +378,11 @@ SAMPLERS = {
     "ddpm": ddpm,
     "ddim": ddim,
     "predictor_corrector": predictor_corrector,
+    "dpm_solver_pp": dpm_solver_pp,
 }
 
 #: The samplers that inject no noise (with their default options).
-DETERMINISTIC = ("probability_flow_euler", "probability_flow_heun", "ddim")
+DETERMINISTIC = ("probability_flow_euler", "probability_flow_heun", "ddim", "dpm_solver_pp")
 
 #: Score evaluations per step of each sampler (at default options).
 EVALS_PER_STEP = {name: 1 for name in SAMPLERS} | {"probability_flow_heun": 2, "predictor_corrector": 2}

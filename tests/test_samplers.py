@@ -13,6 +13,7 @@ from diffnotes.samplers import (
     SAMPLERS,
     ddim,
     ddpm,
+    dpm_solver_pp,
     euler_maruyama,
     exponential_integrator,
     probability_flow_euler,
@@ -32,8 +33,8 @@ def slope(ns, errs):
 @pytest.mark.parametrize("sde", [ConstantVP(T=10.0), LinearVP()], ids=repr)
 @pytest.mark.parametrize(
     "sampler,order",
-    [(probability_flow_euler, 1), (ddim, 1), (probability_flow_heun, 2)],
-    ids=["pf-euler", "ddim", "pf-heun"],
+    [(probability_flow_euler, 1), (ddim, 1), (probability_flow_heun, 2), (dpm_solver_pp, 2)],
+    ids=["pf-euler", "ddim", "pf-heun", "dpm-solver++"],
 )
 def test_deterministic_orders_on_the_gaussian_oracle(sde, sampler, order):
     # Gaussian data and the exact score: the sampler is linear, its output variance exact. The exact flow maps
@@ -84,6 +85,17 @@ def test_ddpm_on_the_discrete_grid_is_ho_et_al_algorithm_2():
     mean = (x - beta / torch.sqrt(1 - abar[k - 1]) * eps) / torch.sqrt(1 - beta)
     var = (1 - abar[k - 2]) / (1 - abar[k - 1]) * beta
     assert torch.allclose(out, mean + torch.sqrt(var) * z, atol=1e-12)
+
+
+def test_dpm_solver_pp_first_order_is_ddim():
+    sde = ConstantVP(T=3.0)
+    target = GaussianMixture([0.5, 0.5], [[-1.0], [1.0]], [0.1, 0.1], sde)
+    times = time_grid(sde, 1e-2, 20, "logsnr")
+    start = torch.randn(50, 1, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    a = dpm_solver_pp(target.score, start, times, sde=sde, order=1)
+    assert torch.allclose(a, ddim(target.score, start, times, sde=sde), atol=1e-12)
+    with pytest.raises(ValueError, match="order"):
+        dpm_solver_pp(target.score, start, times, sde=sde, order=3)
 
 
 def test_ddim_with_eta_one_is_ddpm():
