@@ -21,7 +21,11 @@ signature here::
 * ``noise``, if given, replaces the Gaussian draws: it is called as ``noise(like)`` for every injection and returns a
   tensor shaped like ``like``.  It serves common-random-number comparisons and the exact output laws of
   :mod:`diffnotes.oracle`;
-* the result is the final state, or ``(final, trajectory)`` with the trajectory of shape (N + 1, n, D).
+* ``final_denoise=True`` ends with one more score call that returns Tweedie's denoised estimate
+  :math:`\hat x_0 = (x + h(t_0)\,s(x, t_0))/\alpha(t_0)` instead of the state at :math:`t_0`: the step to
+  :math:`t = 0` that DDPM, DDIM and diffusers' schedulers take last;
+* the result is the final state, or ``(final, trajectory)`` with the trajectory of shape (N + 1, n, D) (N + 2 with
+  ``final_denoise``).
 
 Book chapter: *Samplers*.  References: :cite:p:`song2021score,ho2020denoising,song2021denoising,zhang2023fast`.
 """
@@ -181,11 +185,15 @@ class _Run:
 def _sampler(step):
     """Turn a one-step rule ``step(run, x, t, t_next, **options) -> x_next`` into a sampler."""
 
-    def sampler(score: Score, x, times, *, sde=None, generator=None, noise=None, return_trajectory=False, **options):
+    def sampler(score: Score, x, times, *, sde=None, generator=None, noise=None, return_trajectory=False,
+                final_denoise=False, **options):
         run = _Run(score, x, times, sde, generator, noise, return_trajectory)
         with torch.no_grad():
             for t, t_next in run.steps():
                 run.record(step(run, run.x, t, t_next, **options))
+            if final_denoise:
+                t_last = float(run.times[-1])
+                run.record(run.sde.denoise(run.x, run.score(run.x, t_last), t_last))
         return run.result()
 
     sampler.__name__ = step.__name__.lstrip("_")

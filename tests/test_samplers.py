@@ -98,6 +98,18 @@ def test_dpm_solver_pp_first_order_is_ddim():
         dpm_solver_pp(target.score, start, times, sde=sde, order=3)
 
 
+def test_final_denoise_is_the_ddpm_step_to_time_zero():
+    # DDPM's step to alpha' = 1 is Tweedie's estimate; final_denoise appends exactly that step.
+    sde = ConstantVP(T=3.0)
+    target = GaussianMixture([0.5, 0.5], [[-1.0], [1.0]], [0.1, 0.1], sde)
+    times = time_grid(sde, 1e-2, 10)
+    start = torch.randn(20, 1, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    x, traj = ddim(target.score, start, times, sde=sde, final_denoise=True, return_trajectory=True)
+    before = traj[-2]
+    expected = (before + sde.h(1e-2) * target.score(before, 1e-2)) / sde.alpha(1e-2)
+    assert traj.shape == (12, 20, 1) and torch.allclose(x, expected, atol=1e-12)
+
+
 def test_ddim_with_eta_one_is_ddpm():
     sde = ConstantVP(T=3.0)
     target = GaussianMixture([0.5, 0.5], [[-1.0], [1.0]], [0.1, 0.1], sde)
