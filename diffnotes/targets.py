@@ -323,7 +323,7 @@ class SubspaceMixture(GaussianMixture):
 
         \nabla\log p_t(x) = A\,\nabla\log p^{\rm ld}_t(A^\top x) - \frac{1}{h(t)}\,(I - AA^\top)\,x,
 
-    where :math:`p^{\rm ld}_t` is the latent law diffused by the same forward process (:attr:`latent`).
+    where :math:`p^{\rm ld}_t` is the latent law diffused by the same forward process (the attribute ``latent``).
     """
 
     _allow_singular = True
