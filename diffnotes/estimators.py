@@ -1,0 +1,379 @@
+r"""Score estimators that need no network: the empirical optimal score, a kernel score, and a subspace score.
+
+All three provide the package's one protocol, ``score(x, t)``, in float64, and are built from one computation: the
+score of a Gaussian mixture with equal weights centred at the (scaled) data points,
+
+.. math::
+
+    \hat p_t(x) = \frac1n\sum_{i=1}^n \mathsf N\big(x;\ \alpha(t)x_i,\ v(t) I\big),\qquad
+    \nabla\log\hat p_t(x) = \frac{\alpha(t)\sum_i w_i(x)\,x_i - x}{v(t)},\quad
+    w_i \propto \exp\Big(-\frac{\|x-\alpha x_i\|^2}{2v}\Big),
+
+evaluated with log-sum-exp (softmax) weights in row blocks, so memory stays at a few million numbers whatever the
+sample sizes (review Section 4.1-4.2; book chapters *Sample complexity of score estimation* and *Memorisation and
+early stopping*).
+
+- :class:`EmpiricalScore`: :math:`v = h(t)`.  The score of the diffused empirical measure, which minimises the
+  empirical denoising score-matching loss over *all* functions :cite:p:`vincent2011connection`; as
+  :math:`t \to 0` it points to the nearest training point (it memorises the training set).
+- :class:`KernelScore`: :math:`v = \alpha(t)^2\sigma^2 + h(t)`, the Gaussian kernel density estimate of bandwidth
+  :math:`\sigma` diffused by the forward process, with the regularised score
+  :math:`\nabla\hat p/\max(\hat p, \varepsilon)` of :cite:t:`wibisono2024optimal`.  It smooths in all D directions.
+- :class:`SubspaceScore`: a PCA encoder :math:`\hat V`, a kernel score in the d latent coordinates, and the analytic
+  orthogonal term :math:`-(I-\hat V\hat V^\top)x/h(t)`: the linear encoder-decoder of the review's Fig. 5
+  :cite:p:`chen2023score`.
+
+:func:`score_error` measures :math:`\mathbb E_{x\sim P_t}\|\hat s(x,t) - s(x,t)\|^2` by Monte Carlo, and
+:func:`subspace_angle` the distance :math:`\|\hat V\hat V^\top - AA^\top\|_F` between two subspaces.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from .sde import VPSDE, _column, as_time
+
+__all__ = ["EmpiricalScore", "KernelScore", "SubspaceScore", "ScoreError", "score_error", "subspace_angle"]
+
+#: Largest number of (evaluation point, data point) pairs held in memory at once (float64: 32 MB).
+_BLOCK_ENTRIES = 2**22
+_LOG_2PI = math.log(2 * math.pi)
+
+
+def _data(data, name: str = "data", min_n: int = 1) -> torch.Tensor:
+    if isinstance(data, torch.Tensor):
+        out = data.detach().to(torch.float64)
+    else:
+        try:
+            out = torch.as_tensor(np.asarray(data, dtype=np.float64))
+        except (TypeError, ValueError) as err:
+            raise TypeError(f"{name} must be an array of numbers shaped (n, D), got {type(data).__name__}") from err
+    if out.ndim != 2 or out.shape[1] < 1:
+        raise ValueError(f"{name} must be shaped (n, D) with D >= 1, got shape {tuple(out.shape)}")
+    if out.shape[0] < min_n:
+        raise ValueError(f"{name} has n = {out.shape[0]} points; this estimator needs at least {min_n}")
+    if not torch.all(torch.isfinite(out)):
+        raise ValueError(f"{name} must be finite")
+    return out
+
+
+def _sde(sde) -> VPSDE:
+    if not isinstance(sde, VPSDE):
+        raise TypeError(f"sde must be a VPSDE (see diffnotes.sde), got {type(sde).__name__}")
+    return sde
+
+
+def _nonneg(name: str, value, positive: bool = False) -> float:
+    try:
+        value = float(value)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"{name} must be a number, got {value!r}") from err
+    if not math.isfinite(value) or value < 0 or (positive and value == 0):
+        raise ValueError(f"{name} must be {'positive' if positive else 'non-negative'} and finite, got {value}")
+    return value
+
+
+def _mixture_score(x, centers, a, v, log_floor=None, log_p_out=False):
+    r"""Score of :math:`\frac1n\sum_i\mathsf N(\cdot;\ a c_i, vI)` at the rows of x, optionally regularised.
+
+    ``a`` and ``v`` are columns (1, 1) or (m, 1).  With ``log_floor`` the score is
+    :math:`\nabla\hat p/\max(\hat p, e^{\rm log\_floor})`.  Returns the score (m, D) and, if asked, :math:`\log\hat p`.
+    """
+    m, D = x.shape
+    n = centers.shape[0]
+    a = a.expand(m, 1)
+    v = v.expand(m, 1)
+    c_sq = (centers**2).sum(1)
+    rows = max(1, _BLOCK_ENTRIES // n)
+    scores, logps = [], []
+    for lo in range(0, m, rows):
+        xb, ab, vb = x[lo : lo + rows], a[lo : lo + rows], v[lo : lo + rows]
+        sq = (xb**2).sum(1, keepdim=True) - 2 * ab * (xb @ centers.T) + ab**2 * c_sq[None, :]
+        logits = -torch.clamp(sq, min=0.0) / (2 * vb)
+        w = torch.softmax(logits, dim=1)
+        s = (ab * (w @ centers) - xb) / vb
+        logp = torch.logsumexp(logits, dim=1) - math.log(n) - 0.5 * D * (_LOG_2PI + torch.log(vb[:, 0]))
+        if log_floor is not None:
+            s = s * torch.exp(torch.clamp(logp - log_floor, max=0.0))[:, None]
+        scores.append(s)
+        logps.append(logp)
+    s = torch.cat(scores)
+    return (s, torch.cat(logps)) if log_p_out else s
+
+
+class _KernelBase:
+    """Shared input checks and evaluation for the estimators built on a Gaussian mixture at the data points."""
+
+    data: torch.Tensor
+    sde: VPSDE
+
+    @property
+    def dim(self) -> int:
+        """The dimension D of the data."""
+        return self.data.shape[1]
+
+    @property
+    def n(self) -> int:
+        """The number of data points."""
+        return self.data.shape[0]
+
+    def _check_x(self, x) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor):
+            x = torch.as_tensor(np.asarray(x, dtype=np.float64))
+        if x.ndim != 2 or x.shape[1] != self.dim:
+            raise ValueError(f"x must have shape (m, {self.dim}), got {tuple(x.shape)}")
+        return x.to(torch.float64)
+
+    def _coefficients(self, x, t):
+        t = self.sde.check_time(t)
+        t = _column(as_time(t, like=x), x.shape[0])
+        return t, self.sde.alpha(t), self.sde.h(t)
+
+    def _variance(self, a, h):
+        raise NotImplementedError
+
+    def _log_floor(self):
+        return None
+
+    def score(self, x, t) -> torch.Tensor:
+        """The estimated score at the rows of x (shape (m, D)); t in (0, T], one time or one per row."""
+        x = self._check_x(x)
+        _, a, h = self._coefficients(x, t)
+        return _mixture_score(x, self.data, a, self._variance(a, h), self._log_floor())
+
+    def log_prob(self, x, t) -> torch.Tensor:
+        r"""Log-density :math:`\log\hat p_t(x)` of the smoothed, diffused empirical measure, shape (m,)."""
+        x = self._check_x(x)
+        _, a, h = self._coefficients(x, t)
+        return _mixture_score(x, self.data, a, self._variance(a, h), None, log_p_out=True)[1]
+
+
+class EmpiricalScore(_KernelBase):
+    r"""The score of the diffused empirical measure, the optimal score for the empirical DSM loss.
+
+    .. math::
+
+        \hat s(x, t) = \nabla\log\frac1n\sum_{i=1}^n \mathsf N\big(x;\ \alpha(t)x_i,\ h(t)I\big)
+        = \frac{\alpha(t)\sum_i w_i(x,t)\,x_i - x}{h(t)}.
+
+    Over all functions of (x, t), the empirical denoising score-matching loss (review Section 4.1) is minimised by
+    this score :cite:p:`vincent2011connection`.  Run backward to :math:`t \to 0` it reproduces the training points:
+    :math:`t_0` acts as a kernel bandwidth (book chapter *Memorisation and early stopping*).
+
+    Parameters
+    ----------
+    data : array or tensor of shape (n, D)
+        The training sample (n >= 1).
+    sde : VPSDE
+        The forward process.
+    """
+
+    def __init__(self, data, sde: VPSDE):
+        self.data = _data(data, min_n=1)
+        self.sde = _sde(sde)
+
+    def _variance(self, a, h):
+        return h
+
+    def __repr__(self) -> str:
+        return f"EmpiricalScore(n={self.n}, D={self.dim}, sde={self.sde})"
+
+
+class KernelScore(_KernelBase):
+    r"""The regularised Gaussian-kernel score estimator, diffused by the forward process.
+
+    The kernel density estimate :math:`\hat\rho_\sigma = \frac1n\sum_i\mathsf N(x_i, \sigma^2 I)` of the data, moved by
+    the forward process to time t, is the Gaussian mixture
+
+    .. math::
+
+        \hat p_t(x) = \frac1n\sum_{i=1}^n \mathsf N\big(x;\ \alpha(t)x_i,\ (\alpha(t)^2\sigma^2 + h(t))I\big),
+
+    and the estimator is its regularised score :cite:p:`wibisono2024optimal`
+
+    .. math::
+
+        \hat s(x, t) = \frac{\nabla\hat p_t(x)}{\max(\hat p_t(x),\ \varepsilon)}
+        = \nabla\log\hat p_t(x)\,\min\big(1,\ \hat p_t(x)/\varepsilon\big),
+
+    which equals :math:`\nabla\log\hat p_t` where the estimated density is above the floor :math:`\varepsilon` and is
+    shrunk toward zero where it is not (far from the data, where :math:`\nabla\log\hat p_t` is dominated by a few
+    points).  At t -> 0 this is exactly the estimator of Wibisono, Wu and Yang for the score of the data law, whose
+    squared :math:`L^2` error attains the minimax rate :math:`\tilde\Theta(n^{-2/(d+4)})` with
+    :math:`\sigma \asymp n^{-1/(d+4)}` (review Section 4.2.2, book chapter *Sample complexity of score estimation*).
+    With :math:`\sigma = 0` and no floor it is :class:`EmpiricalScore`.
+
+    Parameters
+    ----------
+    data : array or tensor of shape (n, D)
+        The sample, n >= 2.
+    sde : VPSDE
+        The forward process.
+    bandwidth : float, optional
+        :math:`\sigma \ge 0`; the default is :math:`n^{-1/(D+4)}` (the rate-optimal order for data of unit scale).
+        Zero is allowed only to recover :class:`EmpiricalScore`; use a positive value for a kernel estimate.
+    floor : float
+        The density floor :math:`\varepsilon \ge 0` (0: no regularisation).
+    """
+
+    def __init__(self, data, sde: VPSDE, bandwidth: float | None = None, floor: float = 0.0):
+        self.data = _data(data, min_n=2)
+        self.sde = _sde(sde)
+        if bandwidth is None:
+            bandwidth = self.n ** (-1.0 / (self.dim + 4))
+        self.bandwidth = _nonneg("bandwidth", bandwidth)
+        self.floor = _nonneg("floor", floor)
+
+    def _variance(self, a, h):
+        return a**2 * self.bandwidth**2 + h
+
+    def _log_floor(self):
+        return math.log(self.floor) if self.floor > 0 else None
+
+    def __repr__(self) -> str:
+        return f"KernelScore(n={self.n}, D={self.dim}, bandwidth={self.bandwidth:.4g}, floor={self.floor:.3g})"
+
+
+class SubspaceScore:
+    r"""Subspace score estimator: PCA encoder, latent kernel score, analytic orthogonal term.
+
+    For data :math:`x = Az` on a d-dimensional linear subspace the true score splits as
+    :math:`A\nabla\log p^{\rm ld}_t(A^\top x) - (I - AA^\top)x/h(t)` (review Section 4.1).  The estimator mirrors it
+    with the linear encoder-decoder of the review's Fig. 5 :cite:p:`chen2023score`:
+
+    .. math::
+
+        \hat s(x, t) = \hat V\,\hat s^{\rm ld}(\hat V^\top x, t) - \frac{(I - \hat V\hat V^\top)\,x}{h(t)},
+
+    where :math:`\hat V \in \mathbb R^{D\times d}` holds the top-d eigenvectors of the (uncentred) second-moment
+    matrix :math:`\frac1n\sum_i x_ix_i^\top` (PCA of a linear subspace through the origin) and
+    :math:`\hat s^{\rm ld}` is a :class:`KernelScore` on the latent codes :math:`\hat V^\top x_i` with its bandwidth
+    chosen for dimension d.  Its error depends on d, not on D, once :math:`\hat V` is accurate.
+
+    Parameters
+    ----------
+    data : array or tensor of shape (n, D)
+        The sample, n >= max(d, 2).
+    sde : VPSDE
+        The forward process.
+    d : int
+        The subspace dimension, 1 <= d <= D.
+    latent_bandwidth : float, optional
+        Bandwidth of the latent kernel score (default :math:`n^{-1/(d+4)}`).
+    floor : float
+        Density floor of the latent kernel score (0: none).
+    basis : array of shape (D, d), optional
+        Use this orthonormal basis instead of the PCA estimate (for example the true A, to isolate the latent error).
+    """
+
+    def __init__(self, data, sde: VPSDE, d: int, latent_bandwidth: float | None = None, floor: float = 0.0,
+                 basis=None):
+        self.data = _data(data, min_n=1)
+        self.sde = _sde(sde)
+        D = self.data.shape[1]
+        if isinstance(d, bool) or int(d) != d or d < 1:
+            raise ValueError(f"the subspace dimension d must be a positive integer, got {d!r}")
+        d = int(d)
+        if d > D:
+            raise ValueError(f"the subspace dimension d = {d} cannot exceed the ambient dimension D = {D}")
+        n = self.data.shape[0]
+        if n < max(d, 2):
+            raise ValueError(f"data has n = {n} points; PCA of a {d}-dimensional subspace needs n >= max(d, 2)")
+        self.d = d
+        if basis is None:
+            # Top-d right singular vectors of the data matrix = top eigenvectors of (1/n) X^T X, more accurately.
+            V = torch.linalg.svd(self.data, full_matrices=False)[2][:d].T.contiguous()
+        else:
+            V = _data(basis, "basis")
+            if V.shape != (D, d):
+                raise ValueError(f"basis must be shaped (D, d) = ({D}, {d}), got {tuple(V.shape)}")
+            if not torch.allclose(V.T @ V, torch.eye(d, dtype=torch.float64), atol=1e-8):
+                raise ValueError("basis must have orthonormal columns (V^T V = I)")
+        self.V = V
+        self.latent = KernelScore(self.data @ V, sde, latent_bandwidth, floor)
+
+    @property
+    def dim(self) -> int:
+        """The ambient dimension D."""
+        return self.data.shape[1]
+
+    def score(self, x, t) -> torch.Tensor:
+        """The estimated score at the rows of x (shape (m, D)); t in (0, T], one time or one per row."""
+        x = self._check_x(x)
+        t = self.sde.check_time(t)
+        h = self.sde.h(_column(as_time(t, like=x), x.shape[0]))
+        code = x @ self.V
+        return self.latent.score(code, t) @ self.V.T - (x - code @ self.V.T) / h
+
+    def _check_x(self, x) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor):
+            x = torch.as_tensor(np.asarray(x, dtype=np.float64))
+        if x.ndim != 2 or x.shape[1] != self.dim:
+            raise ValueError(f"x must have shape (m, {self.dim}), got {tuple(x.shape)}")
+        return x.to(torch.float64)
+
+    def __repr__(self) -> str:
+        return f"SubspaceScore(n={self.data.shape[0]}, D={self.dim}, d={self.d}, latent={self.latent})"
+
+
+class ScoreError(NamedTuple):
+    r"""Monte Carlo estimate of :math:`\mathbb E_{x\sim P_t}\|\hat s - s\|^2` (see :func:`score_error`)."""
+
+    mean: float
+    """The sample mean of :math:`\\|\\hat s(x_j,t) - s(x_j,t)\\|^2`."""
+    stderr: float
+    """Its standard error (sample standard deviation over :math:`\\sqrt m`)."""
+    norm: float
+    """The sample mean of :math:`\\|s(x_j,t)\\|^2`, to normalise the error."""
+
+
+def score_error(estimator, target, t: float, n_eval: int = 2000, generator: torch.Generator | None = None,
+                points=None) -> ScoreError:
+    r"""The squared :math:`L^2(P_t)` score error :math:`\mathbb E_{x\sim P_t}\|\hat s(x,t) - s(x,t)\|^2`.
+
+    Monte Carlo over ``n_eval`` points drawn from the exact diffused law (``target.sample_marginal``) with the given
+    generator, or over the given ``points`` (to compare several estimators on the same points).  Returns
+    :class:`ScoreError` ``(mean, stderr, norm)``.
+
+    Parameters
+    ----------
+    estimator, target
+        Objects with ``score(x, t)``; ``target`` also has ``sample_marginal(n, t, generator)`` unless ``points`` is
+        given (the exact targets of :mod:`diffnotes.targets`).
+    t : float
+        One time in (0, T].
+    n_eval : int
+        Number of Monte Carlo points (at least 2).
+    generator : torch.Generator, optional
+        Source of the points.
+    points : tensor of shape (m, D), optional
+        Points drawn from :math:`P_t` by the caller.
+    """
+    if not callable(getattr(estimator, "score", None)) or not callable(getattr(target, "score", None)):
+        raise TypeError("estimator and target must provide score(x, t)")
+    t = float(t)
+    if points is None:
+        if isinstance(n_eval, bool) or int(n_eval) != n_eval or n_eval < 2:
+            raise ValueError(f"n_eval must be an integer >= 2, got {n_eval!r}")
+        points = target.sample_marginal(int(n_eval), t, generator)
+    else:
+        points = _data(points, "points", min_n=2)
+    truth = target.score(points, t)
+    est = estimator.score(points, t)
+    if est.shape != truth.shape:
+        raise ValueError(f"the estimator returned shape {tuple(est.shape)}, the target {tuple(truth.shape)}")
+    sq = ((est - truth) ** 2).sum(1)
+    m = sq.shape[0]
+    return ScoreError(float(sq.mean()), float(sq.std() / math.sqrt(m)), float((truth**2).sum(1).mean()))
+
+
+def subspace_angle(V, A) -> float:
+    r"""The distance :math:`\|VV^\top - AA^\top\|_F` between the spans of two orthonormal D x d bases."""
+    V, A = _data(V, "V"), _data(A, "A")
+    if V.shape != A.shape:
+        raise ValueError(f"V and A must have the same shape, got {tuple(V.shape)} and {tuple(A.shape)}")
+    return float(torch.linalg.matrix_norm(V @ V.T - A @ A.T))
