@@ -44,7 +44,7 @@ find_chapters = find book -name '*.md' -not -path '*/.ipynb_checkpoints/*' -not 
 
 xdist = $(if $(filter-out 0,$(1)),-n $(1) --dist loadfile)
 
-.PHONY: help test book clean lint unit nbval venv
+.PHONY: help test book clean lint unit nbval venv bench
 
 help:
 	@echo "make test    lint (ruff), unit tests (pytest tests), every chapter as a notebook test (nbval)"
@@ -77,7 +77,7 @@ $(STAMP): requirements.txt pyproject.toml | $(VENV)/bin/python
 test: lint unit nbval
 
 lint: $(STAMP)
-	ruff check diffnotes tests book/_ext
+	ruff check diffnotes tests book/_ext bench
 
 # Neither the unit tests nor the notebook tests record claims for the Scorecard (only the book build does).
 unit: $(STAMP)
@@ -108,6 +108,13 @@ book: $(STAMP)
 	rm -rf _build/html _build/.doctrees _build/jupyter_execute _build/claims
 	jupyter-book build --all -W -n --keep-going .
 	@echo "The book is in _build/html/index.html"
+
+# ---------------------------------------------------------------------------------------------- benchmark
+
+# diffusers' schedulers against diffnotes' samplers on one exact score (not part of `make test`): writes
+# _build/bench/report.md, bench_samplers.png and results.json. About 2-4 minutes on 2 cores.
+bench: $(STAMP)
+	python bench/bench_samplers.py
 
 clean:
 	rm -rf _build .pytest_cache .ruff_cache .hypothesis .jupyter_cache
