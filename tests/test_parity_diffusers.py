@@ -1,18 +1,8 @@
 """Parity with the reference implementation: diffusers' schedulers and our samplers, same model outputs, same noise.
 
 The model is the exact score of a 2-D Gaussian mixture under the DDPM grid (1000 steps, betas 1e-4 to 0.02), given to
-diffusers as a noise prediction eps = -sqrt(1 - abar) * score.  diffusers timestep j is our time (j + 1)/1000.  The
-correspondence (also in the Samplers chapter's appendix table):
-
-=======================================================  =============================================================
-diffusers (``timestep_spacing="trailing"``)              diffnotes
-=======================================================  =============================================================
-``DDPMScheduler(clip_sample=False)``                      ``ddpm`` on ``sde.timesteps(n)`` with ``final_denoise=True``
-``DDIMScheduler(set_alpha_to_one=False, clip_sample=False)``  ``ddim`` on ``sde.timesteps(n)`` + [1/1000]
-``EulerDiscreteScheduler`` (with ``scale_model_input``)   ``ddim`` on ``sde.timesteps(n)`` with ``final_denoise=True``
-``DPMSolverMultistepScheduler(algorithm_type="dpmsolver++")``  ``dpm_solver_pp(lower_order_final=False,
-                                                          final_denoise=True)`` on ``sde.timesteps(n)``
-=======================================================  =============================================================
+diffusers as a noise prediction eps = -sqrt(1 - abar) * score.  diffusers timestep j is our time (j + 1)/1000.
+The correspondence of settings is tabulated on the book page book/appendix/parity.md.
 """
 
 import pytest
