@@ -23,7 +23,7 @@ class Slope(NamedTuple):
     slope: float
     """Least-squares slope of log y against log x."""
     intercept: float
-    """Intercept of the fit: log y = intercept + slope log x."""
+    """The fitted intercept, in log y = intercept + slope * log x."""
     low: float
     """Lower end of the bootstrap interval."""
     high: float
