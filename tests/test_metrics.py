@@ -368,3 +368,21 @@ def test_cdf_grid_requirements_raise():
         wasserstein_1d_to_cdf(x, scipy.stats.norm.cdf, np.linspace(-4, 4, 100))
     with pytest.raises(ValueError, match="increasing"):
         wasserstein_1d_to_cdf(x, scipy.stats.norm.cdf, np.linspace(8, -8, 100))
+
+
+def test_energy_permutation_test():
+    from diffnotes.metrics import energy_distance, energy_permutation_test
+
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(size=(300, 2)), rng.normal(size=(300, 2))
+    same = energy_permutation_test(a, b, 200, rng=1)
+    assert math.isclose(same.statistic, energy_distance(a, b), rel_tol=1e-9)
+    assert same.null.shape == (200,) and 0 < same.pvalue <= 1 and same.pvalue > 0.01
+    shifted = energy_permutation_test(a, b + 0.5, 200, rng=1)
+    assert shifted.pvalue == 1 / 201
+    # Under the null the p-value is uniform: over many pairs, about 10% fall below 0.1.
+    ps = [energy_permutation_test(rng.normal(size=(40, 1)), rng.normal(size=(40, 1)), 99, rng=k).pvalue
+          for k in range(200)]
+    assert 0.04 < np.mean(np.array(ps) <= 0.1) < 0.17
+    with pytest.raises(ValueError):
+        energy_permutation_test(a, b[:, :1])
