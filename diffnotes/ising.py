@@ -57,6 +57,7 @@ import numpy as np
 import torch
 
 from .sde import VPSDE, ConstantVP, _column, as_time
+from .spins import all_configurations
 
 __all__ = ["IsingModel", "MessagePassingResNet", "CORRECTIONS", "MAX_SPINS", "random_couplings"]
 
@@ -171,9 +172,7 @@ class IsingModel:
         if self.N > MAX_SPINS:
             raise ValueError(f"enumeration needs D <= {MAX_SPINS} (2^D states), this model has D = {self.N}")
         if self._configs is None:
-            r = torch.arange(2**self.N)
-            bits = (r[:, None] >> torch.arange(self.N)[None, :]) & 1
-            self._configs = (2 * bits - 1).to(torch.float64)
+            self._configs = all_configurations(self.N)
             self._log_w = self.log_weight(self._configs)
         return self._configs, self._log_w
 
