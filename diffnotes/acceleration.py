@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .losses import _reduce
 from .samplers import _check_times, exponential_multistep
 from .sde import VPSDE, ConstantVP, as_time
 from .targets import GaussianMixture, SubspaceMixture
@@ -105,14 +106,6 @@ def _call(model, x, *args) -> torch.Tensor:
         raise ValueError(f"the model must return a tensor shaped like its input {tuple(x.shape)}, got "
                          f"{getattr(out, 'shape', type(out))}")
     return out
-
-
-def _reduce(per_sample: torch.Tensor, reduction: str) -> torch.Tensor:
-    if reduction == "mean":
-        return per_sample.mean()
-    if reduction == "none":
-        return per_sample
-    raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
 
 
 # -- rectified flow --------------------------------------------------------------------------------------------------
