@@ -57,7 +57,7 @@ import numpy as np
 import torch
 
 from .sde import VPSDE, ConstantVP, _column, as_time
-from .spins import all_configurations
+from .spins import MAX_ENUMERATION, SpinModel
 
 __all__ = ["IsingModel", "MessagePassingResNet", "CORRECTIONS", "MAX_SPINS", "random_couplings"]
 
@@ -65,10 +65,7 @@ __all__ = ["IsingModel", "MessagePassingResNet", "CORRECTIONS", "MAX_SPINS", "ra
 CORRECTIONS = ("naive", "tap", "tap_linear")
 
 #: Largest D for which the 2^D configurations are enumerated.
-MAX_SPINS = 16
-
-#: Rows of x processed at once by the enumeration (memory: block x 2^D float64 numbers).
-_BLOCK = 256
+MAX_SPINS = MAX_ENUMERATION
 
 
 def _check_A(A) -> torch.Tensor:
@@ -111,12 +108,13 @@ def random_couplings(D: int, op_norm: float, generator: torch.Generator | None =
     return A * (op_norm / float(torch.linalg.matrix_norm(A, ord=2)))
 
 
-class IsingModel:
+class IsingModel(SpinModel):
     r"""The Ising model :math:`p(\sigma) \propto \exp\{\langle\sigma, A\sigma\rangle\}` on :math:`\{-1,+1\}^D`.
 
     Exact computations (probabilities, samples, posterior means) enumerate the :math:`2^D` configurations and need
-    D <= 16; message passing works for any D.  See the module docstring for the convention (couplings
-    :math:`J = 2(A - \mathrm{diag}A)`).
+    D <= 16; message passing works for any D.  It is the :class:`~diffnotes.spins.SpinModel` with :math:`\beta = 1`
+    and energy :math:`-\langle\sigma, A\sigma\rangle` (so it also has Glauber dynamics).  See the module docstring
+    for the convention (couplings :math:`J = 2(A - \mathrm{diag}A)`).
 
     Parameters
     ----------
@@ -128,35 +126,22 @@ class IsingModel:
 
     def __init__(self, A, sde: VPSDE | None = None):
         A = _check_A(A)
-        self.N = A.shape[0]
+        super().__init__(A.shape[0], 1.0)
         self.A = A
         self.J = 2 * (A - torch.diag(torch.diagonal(A)))
         self.sde = ConstantVP() if sde is None else sde
         if not isinstance(self.sde, VPSDE):
             raise TypeError(f"sde must be a VPSDE, got {type(self.sde).__name__}")
-        self._configs = None
-        self._log_w = None
 
     @property
     def dim(self) -> int:
         """The number of spins D."""
         return self.N
 
-    # -- the model ----------------------------------------------------------------------------------------
-    def _check_sigma(self, sigma) -> torch.Tensor:
-        if not isinstance(sigma, torch.Tensor) or sigma.ndim != 2 or sigma.shape[1] != self.N:
-            raise ValueError(f"spins must be a tensor of shape (n, {self.N}), got {getattr(sigma, 'shape', sigma)}")
-        sigma = sigma.to(torch.float64)
-        if not torch.all((sigma == 1) | (sigma == -1)):
-            raise ValueError("spins must be -1 or +1")
-        return sigma
-
-    def _check_field(self, y) -> torch.Tensor:
-        if not isinstance(y, torch.Tensor) or y.ndim != 2 or y.shape[1] != self.N or not y.is_floating_point():
-            raise ValueError(f"x must be a floating tensor of shape (n, {self.N}), got {getattr(y, 'shape', type(y))}")
-        if not torch.all(torch.isfinite(y)):
-            raise ValueError("x must be finite")
-        return y.to(torch.float64)
+    # -- the model (enumeration, sampling and tilted means come from SpinModel) ---------------------------------
+    def energy(self, sigma) -> torch.Tensor:
+        r"""The energy :math:`H(\sigma) = -\langle\sigma, A\sigma\rangle` of each row, shape (n,) (beta = 1)."""
+        return -self.log_weight(sigma)
 
     def log_weight(self, sigma) -> torch.Tensor:
         r"""The unnormalised log-probability :math:`\langle\sigma, A\sigma\rangle` of each row, shape (n,)."""
@@ -167,48 +152,13 @@ class IsingModel:
         r""":math:`\log p(\sigma_i = +1 \mid \sigma_{-i}) / p(\sigma_i = -1 \mid \sigma_{-i}) = 2(J\sigma)_i`, (n,)."""
         return 2 * (self._check_sigma(sigma) @ self.J[:, i])
 
-    # -- enumeration ----------------------------------------------------------------------------------------
-    def _enumerate(self):
-        if self.N > MAX_SPINS:
-            raise ValueError(f"enumeration needs D <= {MAX_SPINS} (2^D states), this model has D = {self.N}")
-        if self._configs is None:
-            self._configs = all_configurations(self.N)
-            self._log_w = self.log_weight(self._configs)
-        return self._configs, self._log_w
-
-    def configurations(self) -> torch.Tensor:
-        """All :math:`2^D` configurations, shape (2^D, D); row r is the binary expansion of r (bit set: +1)."""
-        return self._enumerate()[0]
-
-    def probabilities(self) -> torch.Tensor:
-        r"""Exact probabilities :math:`p(\sigma)` of :meth:`configurations`, shape (2^D,)."""
-        return torch.softmax(self._enumerate()[1], dim=0)
-
-    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """n exact draws, shape (n, D), by enumeration."""
-        if isinstance(n, bool) or int(n) != n or n < 1:
-            raise ValueError(f"n must be a positive integer, got {n!r}")
-        idx = torch.multinomial(self.probabilities(), int(n), replacement=True, generator=generator)
-        return self.configurations()[idx]
-
-    def tilted_mean(self, y) -> torch.Tensor:
-        r"""Exact mean of :math:`p_y(\sigma) \propto p(\sigma)\,e^{\langle\sigma, y\rangle}`, one field per row of y
-        (n, D), by enumeration."""
-        y = self._check_field(y)
-        configs, log_w = self._enumerate()
-        out = torch.empty_like(y)
-        for start in range(0, y.shape[0], _BLOCK):
-            block = y[start:start + _BLOCK]
-            out[start:start + _BLOCK] = torch.softmax(log_w[None, :] + block @ configs.T, dim=1) @ configs
-        return out
-
     def field_scale(self, t) -> torch.Tensor:
         r""":math:`c_t = \alpha(t)/h(t)`, the field per unit of :math:`x_t` in the posterior."""
         t = self.sde.check_time(t)
         return self.sde.alpha(t) / self.sde.h(t)
 
     def _field(self, x, t) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        x = self._check_field(x)
+        x = self._check_field(x, "x")
         t = self.sde.check_time(t)
         t = _column(as_time(t, like=x), x.shape[0])
         a, h = self.sde.alpha(t), self.sde.h(t)
@@ -228,7 +178,7 @@ class IsingModel:
     def marginal_log_prob(self, x, t) -> torch.Tensor:
         r"""Exact :math:`\log p_t(x) = \log\sum_\sigma p(\sigma)\,\mathsf N(x; \alpha\sigma, hI)`, (n,), by
         enumeration (the brute-force mixture of :math:`2^D` Gaussians)."""
-        x = self._check_field(x)
+        x = self._check_field(x, "x")
         t = self.sde.check_time(t)
         t = _column(as_time(t, like=x), x.shape[0])
         a, h = self.sde.alpha(t), self.sde.h(t)

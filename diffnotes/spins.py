@@ -122,12 +122,12 @@ class SpinModel:
             raise ValueError("spins must be -1 or +1")
         return sigma
 
-    def _check_field(self, y) -> torch.Tensor:
+    def _check_field(self, y, name: str = "the field y") -> torch.Tensor:
         if not isinstance(y, torch.Tensor) or y.ndim != 2 or y.shape[1] != self.N or not y.is_floating_point():
-            raise ValueError(f"the field y must be a floating tensor of shape (n, {self.N}), got "
+            raise ValueError(f"{name} must be a floating tensor of shape (n, {self.N}), got "
                              f"{getattr(y, 'shape', type(y))}")
         if not torch.all(torch.isfinite(y)):
-            raise ValueError("the field y must be finite")
+            raise ValueError(f"{name} must be finite")
         return y.to(torch.float64)
 
     # -- exact computations by enumeration ------------------------------------------------------------------

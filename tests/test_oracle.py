@@ -9,14 +9,13 @@ import math
 import numpy as np
 import pytest
 import torch
-from scipy import integrate, stats
+from scipy import stats
 
 from diffnotes.metrics import gaussian_kl
 from diffnotes.oracle import (
     gaussian_output_law,
     gaussian_output_law_full,
     gaussian_path_kl,
-    gaussian_tv_1d,
 )
 from diffnotes.samplers import (
     SAMPLERS,
@@ -354,31 +353,3 @@ def test_oracle_inputs_are_validated():
         gaussian_output_law_full(euler_maruyama, target, times, score=3.0)
     with pytest.raises(ValueError, match="decreasing"):
         gaussian_path_kl(euler_maruyama, target, times.flip(0))
-
-
-# -- total variation ------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("m0,v0,m1,v1", [(0.0, 1.0, 0.0, 1.5), (0.3, 1.0, -0.2, 1.0), (1.0, 0.25, 0.0, 2.0),
-                                         (0.0, 1.0, 1e-4, 1.0 + 1e-4), (5.0, 0.1, -5.0, 0.1)])
-def test_total_variation_of_two_normals(m0, v0, m1, v1):
-    tv = gaussian_tv_1d(m0, v0, m1, v1)
-    # Reference: the trapezoid rule on a fine grid (its error at the kinks of |p - q| is O(dx^2) ~ 1e-10).
-    lo, hi = min(m0, m1) - 12 * math.sqrt(max(v0, v1)), max(m0, m1) + 12 * math.sqrt(max(v0, v1))
-    x = np.linspace(lo, hi, 2_000_001)
-    diff = np.abs(stats.norm.pdf(x, m0, math.sqrt(v0)) - stats.norm.pdf(x, m1, math.sqrt(v1)))
-    reference = 0.5 * integrate.trapezoid(diff, x)
-    assert abs(tv - reference) < 1e-9 + 1e-7 * reference
-    assert abs(tv - gaussian_tv_1d(m1, v1, m0, v0)) < 1e-15
-    kl = gaussian_kl(np.array([m0]), np.array([[v0]]), np.array([m1]), np.array([[v1]]))
-    assert tv <= math.sqrt(kl / 2) + 1e-15  # Pinsker
-
-
-def test_total_variation_edge_cases():
-    assert gaussian_tv_1d(0.3, 2.0, 0.3, 2.0) == 0.0
-    # Equal variances: TV = 2 Phi(|dm| / (2 sigma)) - 1.
-    assert abs(gaussian_tv_1d(0.0, 4.0, 1.0, 4.0) - (2 * stats.norm.cdf(0.25) - 1)) < 1e-15
-    # Small differences: TV ~ |dm| / (sigma sqrt(2 pi)) for a mean shift.
-    assert abs(gaussian_tv_1d(0.0, 1.0, 1e-6, 1.0) / (1e-6 / math.sqrt(2 * math.pi)) - 1) < 1e-6
-    with pytest.raises(ValueError, match="positive"):
-        gaussian_tv_1d(0.0, 0.0, 0.0, 1.0)
-    with pytest.raises(ValueError, match="finite"):
-        gaussian_tv_1d(float("nan"), 1.0, 0.0, 1.0)
