@@ -22,6 +22,14 @@ early stopping*).
 - :class:`SubspaceScore`: a PCA encoder :math:`\hat V`, a kernel score in the d latent coordinates, and the analytic
   orthogonal term :math:`-(I-\hat V\hat V^\top)x/h(t)`: the linear encoder-decoder of the review's Fig. 5
   :cite:p:`chen2023score`.
+- :class:`ConditionalKernelScore`: kernel weights in a condition y times the diffused Gaussian kernel in x, the
+  conditional score :math:`\nabla_x\log\hat p_t(x\mid y)` (review Section 5.2, :cite:p:`fu2024unveil`);
+  :meth:`ConditionalKernelScore.at` fixes y and returns a :class:`ConditionedScore` with ``score(x, t)``.
+
+The exact backward process driven by any of the mixture scores above (no floor), started from its own diffused
+mixture at T, ends at :math:`t_0` in the law :math:`\hat p_{t_0}` itself: :func:`output_law` returns it as a
+:class:`~diffnotes.targets.GaussianMixture`, whose distance to the data law
+:func:`diffnotes.metrics.density_tv` computes by quadrature in dimension one (book chapter *Distribution estimation*).
 
 :func:`score_error` measures :math:`\mathbb E_{x\sim P_t}\|\hat s(x,t) - s(x,t)\|^2` by Monte Carlo, and
 :func:`subspace_angle` the distance :math:`\|\hat V\hat V^\top - AA^\top\|_F` between two subspaces.
@@ -36,8 +44,19 @@ import numpy as np
 import torch
 
 from .sde import VPSDE, _column, as_time
+from .targets import GaussianMixture
 
-__all__ = ["EmpiricalScore", "KernelScore", "SubspaceScore", "ScoreError", "score_error", "subspace_angle"]
+__all__ = [
+    "EmpiricalScore",
+    "KernelScore",
+    "SubspaceScore",
+    "ConditionalKernelScore",
+    "ConditionedScore",
+    "ScoreError",
+    "score_error",
+    "subspace_angle",
+    "output_law",
+]
 
 #: Largest number of (evaluation point, data point) pairs held in memory at once (float64: 32 MB).
 _BLOCK_ENTRIES = 2**22
@@ -77,11 +96,13 @@ def _nonneg(name: str, value, positive: bool = False) -> float:
     return value
 
 
-def _mixture_score(x, centers, a, v, log_floor=None, log_p_out=False):
+def _mixture_score(x, centers, a, v, log_floor=None, log_p_out=False, log_weights=None):
     r"""Score of :math:`\frac1n\sum_i\mathsf N(\cdot;\ a c_i, vI)` at the rows of x, optionally regularised.
 
     ``a`` and ``v`` are columns (1, 1) or (m, 1).  With ``log_floor`` the score is
-    :math:`\nabla\hat p/\max(\hat p, e^{\rm log\_floor})`.  Returns the score (m, D) and, if asked, :math:`\log\hat p`.
+    :math:`\nabla\hat p/\max(\hat p, e^{\rm log\_floor})`.  With ``log_weights`` (a function of a row range
+    ``(lo, hi)`` returning normalised log-weights of shape (hi - lo, n)) the mixture weights are those, row by row,
+    instead of 1/n.  Returns the score (m, D) and, if asked, :math:`\log\hat p`.
     """
     m, D = x.shape
     n = centers.shape[0]
@@ -94,15 +115,31 @@ def _mixture_score(x, centers, a, v, log_floor=None, log_p_out=False):
         xb, ab, vb = x[lo : lo + rows], a[lo : lo + rows], v[lo : lo + rows]
         sq = (xb**2).sum(1, keepdim=True) - 2 * ab * (xb @ centers.T) + ab**2 * c_sq[None, :]
         logits = -torch.clamp(sq, min=0.0) / (2 * vb)
+        if log_weights is not None:
+            logits = logits + log_weights(lo, lo + xb.shape[0])
         w = torch.softmax(logits, dim=1)
         s = (ab * (w @ centers) - xb) / vb
-        logp = torch.logsumexp(logits, dim=1) - math.log(n) - 0.5 * D * (_LOG_2PI + torch.log(vb[:, 0]))
+        log_norm = 0.0 if log_weights is not None else math.log(n)
+        logp = torch.logsumexp(logits, dim=1) - log_norm - 0.5 * D * (_LOG_2PI + torch.log(vb[:, 0]))
         if log_floor is not None:
             s = s * torch.exp(torch.clamp(logp - log_floor, max=0.0))[:, None]
         scores.append(s)
         logps.append(logp)
     s = torch.cat(scores)
     return (s, torch.cat(logps)) if log_p_out else s
+
+
+def _density_rows(x, centers, a: float, v: float, weights) -> torch.Tensor:
+    r"""Density :math:`\sum_i w_i\,\mathsf N(x;\ a c_i, vI)` at the rows of x (weights None: uniform)."""
+    n, D = centers.shape
+    rows = max(1, _BLOCK_ENTRIES // n)
+    log_c = -0.5 * D * (_LOG_2PI + math.log(v))
+    out = []
+    for lo in range(0, x.shape[0], rows):
+        sq = torch.cdist(x[lo : lo + rows], a * centers, compute_mode="donot_use_mm_for_euclid_dist") ** 2
+        k = torch.exp(-sq / (2 * v) + log_c)
+        out.append(k.mean(1) if weights is None else k @ weights)
+    return torch.cat(out)
 
 
 class _KernelBase:
@@ -150,6 +187,20 @@ class _KernelBase:
         x = self._check_x(x)
         _, a, h = self._coefficients(x, t)
         return _mixture_score(x, self.data, a, self._variance(a, h), None, log_p_out=True)[1]
+
+    def density(self, x, t: float) -> torch.Tensor:
+        r"""Density :math:`\hat p_t(x)` at the rows of x, shape (m,), for one time t.
+
+        The same mixture as :meth:`log_prob`, summed directly in blocks of kernel evaluations (no log-sum-exp): about
+        three times faster, for tabulating the law on a grid (book chapter *Distribution estimation*).  Far from
+        every data point the value underflows to 0, where :meth:`log_prob` stays finite.
+        """
+        x = self._check_x(x)
+        t = self.sde.check_time(t)
+        if t.ndim != 0:
+            raise ValueError("density() takes one time")
+        a, h = self.sde.alpha(t), self.sde.h(t)
+        return _density_rows(x, self.data, float(a), float(self._variance(a, h)), None)
 
 
 class EmpiricalScore(_KernelBase):
@@ -205,7 +256,7 @@ class KernelScore(_KernelBase):
     points).  At t -> 0 this is exactly the estimator of Wibisono, Wu and Yang for the score of the data law, whose
     squared :math:`L^2` error attains the minimax rate :math:`\tilde\Theta(n^{-2/(d+4)})` with
     :math:`\sigma \asymp n^{-1/(d+4)}` (review Section 4.2.2, book chapter *Sample complexity of score estimation*).
-    With :math:`\sigma = 0` and no floor it is :class:`EmpiricalScore`.
+    As :math:`\sigma \to 0` with no floor it tends to :class:`EmpiricalScore`.
 
     Parameters
     ----------
@@ -214,8 +265,8 @@ class KernelScore(_KernelBase):
     sde : VPSDE
         The forward process.
     bandwidth : float, optional
-        :math:`\sigma \ge 0`; the default is :math:`n^{-1/(D+4)}` (the rate-optimal order for data of unit scale).
-        Zero is allowed only to recover :class:`EmpiricalScore`; use a positive value for a kernel estimate.
+        :math:`\sigma > 0`; the default is :math:`n^{-1/(D+4)}` (the rate-optimal order for data of unit scale).
+        For the score of the diffused empirical measure itself (no kernel) use :class:`EmpiricalScore`.
     floor : float
         The density floor :math:`\varepsilon \ge 0` (0: no regularisation).
     """
@@ -225,7 +276,7 @@ class KernelScore(_KernelBase):
         self.sde = _sde(sde)
         if bandwidth is None:
             bandwidth = self.n ** (-1.0 / (self.dim + 4))
-        self.bandwidth = _nonneg("bandwidth", bandwidth)
+        self.bandwidth = _nonneg("bandwidth", bandwidth, positive=True)
         self.floor = _nonneg("floor", floor)
 
     def _variance(self, a, h):
@@ -377,3 +428,289 @@ def subspace_angle(V, A) -> float:
     if V.shape != A.shape:
         raise ValueError(f"V and A must have the same shape, got {tuple(V.shape)} and {tuple(A.shape)}")
     return float(torch.linalg.matrix_norm(V @ V.T - A @ A.T))
+
+
+# -- conditional estimation and the output law of the backward process ------------------------------------------------
+def _condition_data(y, n: int) -> torch.Tensor:
+    """The conditions of the training pairs as an (n, d_y) float64 tensor; a 1-D array is one condition per row."""
+    if isinstance(y, torch.Tensor):
+        out = y.detach().to(torch.float64)
+    else:
+        try:
+            out = torch.as_tensor(np.asarray(y, dtype=np.float64))
+        except (TypeError, ValueError) as err:
+            raise TypeError(f"y must be an array of numbers shaped (n,) or (n, d_y), got {type(y).__name__}") from err
+    if out.ndim == 1:
+        out = out[:, None]
+    if out.ndim != 2 or out.shape[1] < 1:
+        raise ValueError(f"y must be shaped (n,) or (n, d_y) with d_y >= 1, got shape {tuple(out.shape)}")
+    if out.shape[0] != n:
+        raise ValueError(f"y has {out.shape[0]} rows but x has {n}: give one condition per data point")
+    if not torch.all(torch.isfinite(out)):
+        raise ValueError("y must be finite")
+    return out
+
+
+class ConditionalKernelScore:
+    r"""Conditional kernel score estimator: Nadaraya-Watson weights in y times the diffused Gaussian kernel in x.
+
+    From n pairs :math:`(x_i, y_i)`, :math:`x_i \in \mathbb R^{d_x}`, :math:`y_i \in \mathbb R^{d_y}`, the conditional
+    kernel density estimate :math:`\hat\rho(x\mid y) = \sum_i w_i(y)\,\mathsf N(x;\ x_i, \sigma^2 I)` with
+    :math:`w_i(y) \propto \exp(-\|y - y_i\|^2/(2b^2))`, moved by the forward process (which noises x only) to time t,
+    is the Gaussian mixture
+
+    .. math::
+
+        \hat p_t(x\mid y) = \sum_{i=1}^n w_i(y)\,\mathsf N\big(x;\ \alpha(t)x_i,\ (\alpha(t)^2\sigma^2 + h(t))I\big),
+        \qquad
+        \hat s(x, y, t) = \nabla_x\log\hat p_t(x\mid y)
+        = \frac{\alpha(t)\sum_i \tilde w_i(x, y, t)\,x_i - x}{\alpha(t)^2\sigma^2 + h(t)},
+
+    with posterior weights :math:`\tilde w_i \propto w_i(y)\,\mathsf N(x;\alpha x_i, (\alpha^2\sigma^2+h)I)`, computed
+    with log-sum-exp.  It estimates the conditional score :math:`\nabla_x\log p_t(x\mid y)` of the review
+    (Section 5.2), whose minimax rate for conditional distribution estimation, :math:`\tilde O(n^{-\beta/(d_x + d_y +
+    2\beta)})` in total variation for a conditional density of smoothness :math:`\beta`, is the subject of
+    :cite:t:`fu2024unveil`.  A Gaussian kernel is of second order, so this estimator attains that rate with
+    :math:`\beta \le 2` only (book chapter *Distribution estimation*).  If all :math:`y_i` are equal, or
+    :math:`b \to \infty`, the weights are uniform and it is :class:`KernelScore` (without a floor) on the :math:`x_i`.
+
+    Parameters
+    ----------
+    x : array or tensor of shape (n, d_x)
+        The samples, n >= 2.
+    y : array or tensor of shape (n,) or (n, d_y)
+        Their conditions.
+    sde : VPSDE
+        The forward process (acting on x).
+    bandwidth : float, optional
+        :math:`\sigma > 0` in x; default :math:`n^{-1/(d_x + d_y + 4)}` (the rate-optimal order for
+        :math:`\beta = 2` and data of unit scale).
+    y_bandwidth : float, optional
+        :math:`b > 0` in y; same default.
+    """
+
+    def __init__(self, x, y, sde: VPSDE, bandwidth: float | None = None, y_bandwidth: float | None = None):
+        self.data = _data(x, "x", min_n=2)
+        self.conditions = _condition_data(y, self.data.shape[0])
+        self.sde = _sde(sde)
+        default = self.n ** (-1.0 / (self.dim + self.y_dim + 4))
+        self.bandwidth = _nonneg("bandwidth", default if bandwidth is None else bandwidth, positive=True)
+        self.y_bandwidth = _nonneg("y_bandwidth", default if y_bandwidth is None else y_bandwidth, positive=True)
+
+    @property
+    def dim(self) -> int:
+        """The dimension d_x of x."""
+        return self.data.shape[1]
+
+    @property
+    def y_dim(self) -> int:
+        """The dimension d_y of the condition."""
+        return self.conditions.shape[1]
+
+    @property
+    def n(self) -> int:
+        """The number of pairs."""
+        return self.data.shape[0]
+
+    def _check_x(self, x) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor):
+            x = torch.as_tensor(np.asarray(x, dtype=np.float64))
+        if x.ndim != 2 or x.shape[1] != self.dim:
+            raise ValueError(f"x must have shape (m, {self.dim}), got {tuple(x.shape)}")
+        return x.to(torch.float64)
+
+    def _check_y(self, y, m: int) -> torch.Tensor:
+        """Conditions for m rows: one condition (a number or shape (d_y,)) broadcast, or one per row."""
+        if not isinstance(y, torch.Tensor):
+            try:
+                y = torch.as_tensor(np.asarray(y, dtype=np.float64))
+            except (TypeError, ValueError) as err:
+                raise TypeError(f"y must be a number or an array of numbers, got {type(y).__name__}") from err
+        y = y.to(torch.float64)
+        dy = self.y_dim
+        if y.ndim == 0 and dy == 1:
+            y = y.reshape(1, 1)
+        elif y.ndim == 1 and dy == 1:
+            y = y[:, None]
+        elif y.ndim == 1 and y.shape[0] == dy:
+            y = y[None]
+        if y.ndim != 2 or y.shape[1] != dy or y.shape[0] not in (1, m):
+            raise ValueError(f"y must be one condition (shape ({dy},)) or one per row (shape ({m}, {dy})), "
+                             f"got shape {tuple(y.shape)}")
+        if not torch.all(torch.isfinite(y)):
+            raise ValueError("y must be finite")
+        return y.expand(m, dy)
+
+    def _conditions(self, y) -> torch.Tensor:
+        """A batch of K conditions shaped (K, d_y): a number or (d_y,) is one; (K,) for d_y = 1 or (K, d_y) are K."""
+        shape = tuple(y.shape) if isinstance(y, torch.Tensor) else np.shape(y)
+        if len(shape) == 2:
+            k = shape[0]
+        elif len(shape) == 1 and self.y_dim == 1:
+            k = shape[0]
+        else:
+            k = 1
+        return self._check_y(y, k)
+
+    def _log_weight_rows(self, y):
+        """A function (lo, hi) -> normalised log-weights log w_i(y_r) of rows lo..hi-1, shape (hi - lo, n)."""
+        c, c_sq = self.conditions, (self.conditions**2).sum(1)
+
+        def rows(lo, hi):
+            yb = y[lo:hi]
+            sq = (yb**2).sum(1, keepdim=True) - 2 * yb @ c.T + c_sq[None, :]
+            lw = -torch.clamp(sq, min=0.0) / (2 * self.y_bandwidth**2)
+            return lw - torch.logsumexp(lw, dim=1, keepdim=True)
+
+        return rows
+
+    def log_weights(self, y) -> torch.Tensor:
+        r"""Normalised log-weights :math:`\log w_i(y)` of the pairs at each condition, shape (m, n)."""
+        y = self._conditions(y)
+        return self._log_weight_rows(y)(0, y.shape[0])
+
+    def weights(self, y) -> torch.Tensor:
+        r"""Normalised kernel weights :math:`w_i(y)` of the pairs at each condition, shape (m, n)."""
+        return torch.exp(self.log_weights(y))
+
+    def _evaluate(self, x, y, t, log_p_out):
+        x = self._check_x(x)
+        y = self._check_y(y, x.shape[0])
+        t = self.sde.check_time(t)
+        t = _column(as_time(t, like=x), x.shape[0])
+        a, h = self.sde.alpha(t), self.sde.h(t)
+        return _mixture_score(x, self.data, a, a**2 * self.bandwidth**2 + h, None, log_p_out, self._log_weight_rows(y))
+
+    def score(self, x, y, t) -> torch.Tensor:
+        """The estimated conditional score at the rows of x (m, d_x) given y (one condition or one per row)."""
+        return self._evaluate(x, y, t, False)
+
+    def log_prob(self, x, y, t) -> torch.Tensor:
+        r"""Log-density :math:`\log\hat p_t(x\mid y)` at the rows of x, shape (m,)."""
+        return self._evaluate(x, y, t, True)[1]
+
+    def density_table(self, x, y, t: float) -> torch.Tensor:
+        r"""The density :math:`\hat p_t(x_j\mid y_k)` at every pair of a point and a condition, shape (K, J).
+
+        Computed as the product of the weight matrix (K, n) and the kernel matrix (n, J), which costs n(J + K)
+        exponentials instead of nJK: the way to tabulate the conditional law on a grid.  ``t`` is one time.
+        """
+        x = self._check_x(x)
+        y = self._conditions(y)
+        t = self.sde.check_time(t)
+        if t.ndim != 0:
+            raise ValueError("density_table() takes one time")
+        a, h = float(self.sde.alpha(t)), float(self.sde.h(t))
+        v = a**2 * self.bandwidth**2 + h
+        w = torch.exp(self._log_weight_rows(y)(0, y.shape[0]))  # (K, n)
+        return _density_rows(x, self.data, a, v, w.T.contiguous()).T
+
+    def at(self, y) -> ConditionedScore:
+        """The estimator with the condition fixed at ``y``: an object with ``score(x, t)`` for the samplers."""
+        return ConditionedScore(self, y)
+
+    def __repr__(self) -> str:
+        return (f"ConditionalKernelScore(n={self.n}, d_x={self.dim}, d_y={self.y_dim}, "
+                f"bandwidth={self.bandwidth:.4g}, y_bandwidth={self.y_bandwidth:.4g})")
+
+
+class ConditionedScore:
+    r"""A :class:`ConditionalKernelScore` with its condition fixed: :math:`x \mapsto \hat s(x, y, t)`.
+
+    Provides the package's protocol ``score(x, t)``, so any sampler of :mod:`diffnotes.samplers` draws from the
+    estimated conditional law :math:`\hat p_{t_0}(\cdot\mid y)` (review Section 5.2; book chapter *Distribution
+    estimation*).  Create it with :meth:`ConditionalKernelScore.at`.
+    """
+
+    def __init__(self, estimator: ConditionalKernelScore, y):
+        if not isinstance(estimator, ConditionalKernelScore):
+            raise TypeError(f"estimator must be a ConditionalKernelScore, got {type(estimator).__name__}")
+        self.estimator = estimator
+        self.y = estimator._check_y(y, 1)[0]
+        self._log_w = estimator.log_weights(self.y)[0]  # the weights do not change with x or t: computed once
+
+    @property
+    def sde(self) -> VPSDE:
+        """The forward process."""
+        return self.estimator.sde
+
+    @property
+    def dim(self) -> int:
+        """The dimension d_x."""
+        return self.estimator.dim
+
+    def weights(self) -> torch.Tensor:
+        r"""The kernel weights :math:`w_i(y)` of the pairs at the fixed condition, shape (n,)."""
+        return torch.exp(self._log_w)
+
+    def _evaluate(self, x, t, log_p_out):
+        est = self.estimator
+        x = est._check_x(x)
+        t = est.sde.check_time(t)
+        t = _column(as_time(t, like=x), x.shape[0])
+        a, h = est.sde.alpha(t), est.sde.h(t)
+        lw = self._log_w
+        return _mixture_score(x, est.data, a, a**2 * est.bandwidth**2 + h, None, log_p_out,
+                              lambda lo, hi: lw.expand(hi - lo, -1))
+
+    def score(self, x, t) -> torch.Tensor:
+        """The estimated conditional score at the rows of x given the fixed y."""
+        return self._evaluate(x, t, False)
+
+    def log_prob(self, x, t) -> torch.Tensor:
+        r"""Log-density :math:`\log\hat p_t(x\mid y)` at the rows of x given the fixed y, shape (m,)."""
+        return self._evaluate(x, t, True)[1]
+
+    def density(self, x, t: float) -> torch.Tensor:
+        r"""Density :math:`\hat p_t(x\mid y)` at the rows of x given the fixed y, shape (m,), for one time t."""
+        return self.estimator.density_table(x, self.y, t)[0]
+
+    def __repr__(self) -> str:
+        return f"ConditionedScore({self.estimator!r}, y={self.y.tolist()})"
+
+
+def output_law(estimator, t0: float) -> GaussianMixture:
+    r"""The law at :math:`t_0` of the exact backward process driven by a kernel-type score estimator.
+
+    :class:`EmpiricalScore`, :class:`KernelScore` without a floor and :class:`ConditionedScore` are exact scores of
+    the diffused Gaussian mixture :math:`\hat p_t = \sum_i w_i\,\mathsf N(\alpha(t)x_i, (\alpha(t)^2\sigma^2 + h(t))I)`
+    (:math:`\sigma = 0` for the empirical score; :math:`w_i = 1/n` or the kernel weights :math:`w_i(y)`).  The
+    backward process driven by the score of a forward-diffused law, started from that law at T, has the forward
+    marginals, so it ends at :math:`t_0` in
+
+    .. math::
+
+        \hat P_{t_0} = \sum_{i=1}^n w_i\,\mathsf N\big(\alpha(t_0)x_i,\ (\alpha(t_0)^2\sigma^2 + h(t_0))I\big),
+
+    returned as a :class:`~diffnotes.targets.GaussianMixture` (its ``log_prob(x, t)`` at t = 0, ``data_log_prob``,
+    ``cdf`` and ``sample`` describe :math:`\hat P_{t_0}`).  A sampler started from :math:`\mathsf N(0, I)` instead of
+    :math:`\hat p_T` adds at most :math:`\mathrm{TV}(\hat p_T, \mathsf N(0, I))`, which decays like :math:`e^{-T}`,
+    and its discretisation error.  This is the law whose distance to the data law the review's Theorem 1 bounds
+    (Section 4.3.2, :cite:p:`oko2023diffusion`; Section 5.2, :cite:p:`fu2024unveil`; book chapter *Distribution
+    estimation*).  For a :class:`SubspaceScore` use ``output_law(score.latent, t0)``: the law of the latent codes
+    :math:`\hat V^\top x`; the orthogonal part is then exactly :math:`\mathsf N(0, h(t_0)(I - \hat V\hat V^\top))`.
+
+    The mixture has one component per data point: for tens of thousands of points evaluate the density with the
+    estimator's own blocked ``log_prob(x, t0)`` instead.
+    """
+    if isinstance(estimator, ConditionedScore):
+        base, weights, sigma = estimator.estimator, estimator.weights(), estimator.estimator.bandwidth
+    elif isinstance(estimator, KernelScore):
+        if estimator.floor > 0:
+            raise ValueError("a KernelScore with a density floor is not the score of a mixture: its output law is not "
+                             "known in closed form; use floor=0")
+        base, sigma = estimator, estimator.bandwidth
+        weights = torch.full((estimator.n,), 1.0 / estimator.n, dtype=torch.float64)
+    elif isinstance(estimator, EmpiricalScore):
+        base, sigma = estimator, 0.0
+        weights = torch.full((estimator.n,), 1.0 / estimator.n, dtype=torch.float64)
+    else:
+        raise TypeError("output_law() needs an EmpiricalScore, a KernelScore or a ConditionedScore, got "
+                        f"{type(estimator).__name__}")
+    t0 = base.sde.check_time(t0, name="t0")
+    if t0.ndim != 0:
+        raise ValueError("output_law() takes one early-stopping time t0")
+    a, h = float(base.sde.alpha(t0)), float(base.sde.h(t0))
+    weights = weights / weights.sum()  # exact normalisation after round-off
+    return GaussianMixture(weights, a * base.data, torch.full((base.n,), a**2 * sigma**2 + h, dtype=torch.float64),
+                           base.sde)

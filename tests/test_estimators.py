@@ -2,10 +2,23 @@
 
 import math
 
+import numpy as np
 import pytest
+import scipy.stats
 import torch
 
-from diffnotes.estimators import EmpiricalScore, KernelScore, SubspaceScore, score_error, subspace_angle
+from diffnotes.estimators import (
+    ConditionalKernelScore,
+    ConditionedScore,
+    EmpiricalScore,
+    KernelScore,
+    SubspaceScore,
+    output_law,
+    score_error,
+    subspace_angle,
+)
+from diffnotes.metrics import wasserstein_1d_to_cdf
+from diffnotes.samplers import exponential_integrator, time_grid
 from diffnotes.sde import ConstantVP, LinearVP
 from diffnotes.targets import Gaussian, SubspaceMixture, orthonormal_basis
 
@@ -66,7 +79,6 @@ def test_kernel_score_tends_to_the_empirical_score():
     data = torch.randn(60, 2, generator=gen, dtype=torch.float64)
     x = torch.randn(50, 2, generator=gen, dtype=torch.float64)
     emp = EmpiricalScore(data, sde).score(x, 0.1)
-    assert torch.allclose(KernelScore(data, sde, bandwidth=0.0).score(x, 0.1), emp, atol=1e-12, rtol=0)
     gaps = [(KernelScore(data, sde, bandwidth=b).score(x, 0.1) - emp).abs().max() for b in [1e-2, 1e-3, 1e-4]]
     assert gaps[0] > gaps[1] > gaps[2] and gaps[2] < 1e-5
     assert gaps[1] / gaps[2] > 50  # the gap is quadratic in the bandwidth
@@ -130,8 +142,9 @@ def test_score_error_matches_direct_monte_carlo():
 def test_bad_inputs_raise():
     sde = ConstantVP()
     data = torch.randn(10, 3, dtype=torch.float64)
-    with pytest.raises(ValueError, match="bandwidth"):
-        KernelScore(data, sde, bandwidth=-0.1)
+    for bad in (-0.1, 0.0):
+        with pytest.raises(ValueError, match="bandwidth must be positive"):
+            KernelScore(data, sde, bandwidth=bad)
     with pytest.raises(ValueError, match="floor"):
         KernelScore(data, sde, bandwidth=0.1, floor=-1.0)
     with pytest.raises(ValueError, match="at least 2"):
@@ -160,3 +173,125 @@ def test_bad_inputs_raise():
         subspace_angle(torch.eye(3, dtype=torch.float64)[:, :2], torch.eye(4, dtype=torch.float64)[:, :2])
     with pytest.raises(ValueError, match="n_eval"):
         score_error(EmpiricalScore(data, sde), Gaussian([0.0] * 3, 1.0), 0.5, n_eval=1)
+
+
+# -- conditional kernel score, output law, density TV ------------------------------------------------------------
+def conditional_log_prob(x, y, data, cond, sde, t, sig, b):
+    """log sum_i w_i(y) N(x; alpha x_i, (alpha^2 sig^2 + h) I), w_i(y) proportional to exp(-|y - y_i|^2 / (2 b^2))."""
+    lw = -((y[:, None, :] - cond[None, :, :]) ** 2).sum(-1) / (2 * b**2)
+    lw = lw - torch.logsumexp(lw, 1, keepdim=True)
+    a, h = sde.alpha(t), sde.h(t)
+    v = a**2 * sig**2 + h
+    diff = x[:, None, :] - a * data[None, :, :]
+    logs = -(diff**2).sum(-1) / (2 * v) - 0.5 * x.shape[1] * torch.log(2 * math.pi * v)
+    return torch.logsumexp(lw + logs, 1)
+
+
+@pytest.mark.parametrize("d_y", [1, 2])
+def test_conditional_score_is_the_autograd_score(d_y):
+    gen = torch.Generator().manual_seed(10)
+    sde = ConstantVP()
+    data = torch.randn(40, 2, generator=gen, dtype=torch.float64)
+    cond = torch.rand(40, d_y, generator=gen, dtype=torch.float64)
+    est = ConditionalKernelScore(data, cond, sde, bandwidth=0.3, y_bandwidth=0.2)
+    x = torch.randn(25, 2, generator=gen, dtype=torch.float64).requires_grad_()
+    y = torch.rand(25, d_y, generator=gen, dtype=torch.float64)
+    t = torch.tensor(0.15, dtype=torch.float64)
+    logp = conditional_log_prob(x, y, data, cond, sde, t, 0.3, 0.2)
+    (grad,) = torch.autograd.grad(logp.sum(), x)
+    assert torch.allclose(est.score(x.detach(), y, 0.15), grad, atol=1e-10, rtol=0)
+    assert torch.allclose(est.log_prob(x.detach(), y, 0.15), logp.detach(), atol=1e-10, rtol=0)
+    # One fixed condition: ConditionedScore, density_table and the per-row evaluation agree.
+    fixed = est.at(y[3])
+    assert isinstance(fixed, ConditionedScore) and fixed.dim == 2
+    rows = y[3].expand(25, d_y)
+    assert torch.allclose(fixed.score(x.detach(), 0.15), est.score(x.detach(), rows, 0.15), atol=1e-12, rtol=0)
+    table = est.density_table(x.detach(), y[:4], 0.15)
+    assert table.shape == (4, 25)
+    assert torch.allclose(table[3], est.log_prob(x.detach(), rows, 0.15).exp(), atol=1e-12, rtol=1e-10)
+    assert torch.allclose(fixed.density(x.detach(), 0.15), table[3], atol=1e-14, rtol=0)
+    assert abs(float(fixed.weights().sum()) - 1) < 1e-12
+
+
+def test_conditional_score_reduces_to_the_kernel_score():
+    gen = torch.Generator().manual_seed(11)
+    sde = ConstantVP()
+    data = torch.randn(30, 1, generator=gen, dtype=torch.float64)
+    x = torch.randn(20, 1, generator=gen, dtype=torch.float64)
+    kern = KernelScore(data, sde, bandwidth=0.25).score(x, 0.1)
+    same_y = ConditionalKernelScore(data, torch.full((30,), 0.4, dtype=torch.float64), sde, 0.25, 1e-3)
+    assert torch.allclose(same_y.score(x, 0.9, 0.1), kern, atol=1e-12, rtol=0)  # all y_i equal: uniform weights
+    cond = torch.rand(30, generator=gen, dtype=torch.float64)
+    wide = ConditionalKernelScore(data, cond, sde, 0.25, 1e4)
+    assert torch.allclose(wide.score(x, 0.5, 0.1), kern, atol=1e-7, rtol=0)  # b -> infinity: uniform weights
+    # b -> 0 at a data condition: the single Gaussian N(alpha x_k, alpha^2 sigma^2 + h) of that pair.
+    narrow = ConditionalKernelScore(data, cond, sde, 0.25, 1e-4)
+    a, h = float(sde.alpha(0.1)), float(sde.h(0.1))
+    single = (a * data[7] - x) / (a**2 * 0.25**2 + h)
+    assert torch.allclose(narrow.score(x, cond[7], 0.1), single, atol=1e-10, rtol=0)
+
+
+def test_output_law_is_the_diffused_mixture():
+    gen = torch.Generator().manual_seed(12)
+    sde = ConstantVP()
+    data = torch.randn(15, 2, generator=gen, dtype=torch.float64)
+    x = torch.randn(10, 2, generator=gen, dtype=torch.float64)
+    for est in (EmpiricalScore(data, sde), KernelScore(data, sde, bandwidth=0.3)):
+        law = output_law(est, 0.05)
+        assert torch.allclose(law.data_log_prob(x), est.log_prob(x, 0.05), atol=1e-12, rtol=0)
+        assert torch.allclose(est.density(x, 0.05), est.log_prob(x, 0.05).exp(), atol=1e-14, rtol=1e-12)
+    cond = ConditionalKernelScore(data, torch.rand(15, generator=gen, dtype=torch.float64), sde, 0.3, 0.2).at(0.3)
+    assert torch.allclose(output_law(cond, 0.05).data_log_prob(x), cond.log_prob(x, 0.05), atol=1e-12, rtol=0)
+
+
+def test_output_law_matches_the_sampler():
+    gen = torch.Generator().manual_seed(13)
+    sde = ConstantVP(T=10.0)
+    est = KernelScore(torch.randn(20, 1, generator=gen, dtype=torch.float64) * 1.5, sde, bandwidth=0.2)
+    law = output_law(est, 0.01)
+    m = 20000
+    x = exponential_integrator(est.score, (m, 1), time_grid(sde, 0.01, 200, spacing="logsnr"), sde=sde, generator=gen)
+    cdf = lambda t: law.cdf(torch.as_tensor(t)).numpy()  # noqa: E731
+    assert scipy.stats.kstest(x[:, 0].numpy(), cdf).pvalue > 0.01
+    wrong = output_law(est, 0.1)  # the law of a later stopping time is told apart
+    assert scipy.stats.kstest(x[:, 0].numpy(), lambda t: wrong.cdf(torch.as_tensor(t)).numpy()).pvalue < 1e-4
+    # W1 of m exact draws from a law of spread ~1.5 is about 0.01; a wrong law (no t0 shrinkage, say) is far off.
+    grid = np.linspace(-10, 10, 4001)
+    assert wasserstein_1d_to_cdf(x, cdf, grid) < 0.02
+
+
+def test_conditional_and_output_law_bad_inputs_raise():
+    sde = ConstantVP()
+    x = torch.randn(10, 2, dtype=torch.float64)
+    y = torch.rand(10, dtype=torch.float64)
+    with pytest.raises(ValueError, match="bandwidth must be positive"):
+        ConditionalKernelScore(x, y, sde, bandwidth=0.0)
+    with pytest.raises(ValueError, match="y_bandwidth must be positive"):
+        ConditionalKernelScore(x, y, sde, y_bandwidth=-1.0)
+    with pytest.raises(ValueError, match="one condition per data point"):
+        ConditionalKernelScore(x, y[:9], sde)
+    with pytest.raises(ValueError, match="at least 2"):
+        ConditionalKernelScore(x[:1], y[:1], sde)
+    with pytest.raises(ValueError, match=r"shaped \(n,\) or \(n, d_y\)"):
+        ConditionalKernelScore(x, torch.rand(10, 2, 2, dtype=torch.float64), sde)
+    with pytest.raises(TypeError, match="VPSDE"):
+        ConditionalKernelScore(x, y, "vp")
+    est = ConditionalKernelScore(x, y, sde)
+    with pytest.raises(ValueError, match="one condition"):
+        est.score(x[:4], torch.rand(3, dtype=torch.float64), 0.5)
+    with pytest.raises(ValueError, match="one condition"):
+        est.at(torch.rand(2, dtype=torch.float64))
+    with pytest.raises(ValueError, match="finite"):
+        est.score(x[:4], float("nan"), 0.5)
+    with pytest.raises(ValueError, match="shape"):
+        est.score(torch.zeros(4, 3, dtype=torch.float64), 0.5, 0.5)
+    with pytest.raises(ValueError, match="t0"):
+        est.score(x[:4], 0.5, 0.0)
+    with pytest.raises(ValueError, match="floor"):
+        output_law(KernelScore(x, sde, 0.1, floor=1e-3), 0.1)
+    with pytest.raises(TypeError, match="output_law"):
+        output_law(SubspaceScore(x, sde, 1), 0.1)
+    with pytest.raises(ValueError, match="t0"):
+        output_law(EmpiricalScore(x, sde), 0.0)
+    with pytest.raises(TypeError, match="ConditionalKernelScore"):
+        ConditionedScore(KernelScore(x, sde), 0.5)

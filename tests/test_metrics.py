@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from diffnotes import metrics
 from diffnotes.metrics import (
     Floor,
+    density_tv,
     energy_distance,
     gaussian_kl,
     gaussian_tv_1d,
@@ -416,3 +417,24 @@ def test_total_variation_edge_cases():
         gaussian_tv_1d(0.0, 0.0, 0.0, 1.0)
     with pytest.raises(ValueError, match="finite"):
         gaussian_tv_1d(float("nan"), 1.0, 0.0, 1.0)
+
+
+def test_density_tv_against_exact_values():
+    edges = np.linspace(-12, 12, 4001)
+    p = lambda m: scipy.stats.norm.pdf(m, 0.3, 1.0)  # noqa: E731
+    q = lambda m: scipy.stats.norm.pdf(m, -0.2, 1.5)  # noqa: E731
+    assert abs(density_tv(p, q, edges) - gaussian_tv_1d(0.3, 1.0, -0.2, 2.25)) < 1e-6
+    # Densities with jumps on the edges: U[0, 1] against U[0, 2] has TV 1/2, exactly.
+    box = np.linspace(-1, 3, 401)
+    u1 = lambda m: ((m > 0) & (m < 1)).astype(float)  # noqa: E731
+    u2 = lambda m: 0.5 * ((m > 0) & (m < 2))  # noqa: E731
+    assert abs(density_tv(u1, u2, box) - 0.5) < 1e-12
+    assert density_tv(p(0.5 * (edges[1:] + edges[:-1])), p, edges) == 0.0  # arrays are accepted too
+    with pytest.raises(ValueError, match="mass"):
+        density_tv(p, q, np.linspace(-1, 1, 101))
+    with pytest.raises(ValueError, match="increasing"):
+        density_tv(p, q, edges[::-1])
+    with pytest.raises(ValueError, match="one density per cell"):
+        density_tv(np.ones(3), q, edges)
+    with pytest.raises(ValueError, match="non-negative"):
+        density_tv(lambda m: -p(m), q, edges)
