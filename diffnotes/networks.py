@@ -4,7 +4,10 @@ Section 4.1 of the review (book chapter *Learning the score*) fits a score :math
 from a class :math:`\mathcal S` of neural networks (Remark 1: in practice a U-Net or transformer with a time
 embedding; here, for 2-D and low-dimensional toys, a multilayer perceptron).  Section 5.1 (book chapter *Conditional
 diffusion and guidance*) adds a label input with one extra *null* label :math:`\varnothing` so that one network
-learns both the conditional and the unconditional score (classifier-free guidance).
+learns both the conditional and the unconditional score (classifier-free guidance).  Section 4.2.1 (book chapter
+*Score approximation*) adds two networks with structure: the encoder-decoder score network of Chen, Huang, Zhao and
+Wang for data on a linear subspace (:class:`EncoderDecoderScore`, the review's Fig. 5) and a small convolutional
+U-Net for images (:class:`UNet`, the review's Fig. 4).
 
 Networks may predict the score itself or, as is usual in practice, the noise, the clean data or the velocity; with
 :math:`x = \alpha x_0 + \sqrt h\,\varepsilon` (:math:`\alpha^2 + h = 1` for every VP process) the four are linked by
@@ -17,7 +20,7 @@ Networks may predict the score itself or, as is usual in practice, the noise, th
 :func:`as_score` applies this map once, so that samplers, losses and guidance only ever see the score protocol
 ``score(x, t)`` (or ``score(x, y, t)`` for conditional networks) and never special-case a parameterisation.
 
-References: :cite:p:`ho2020denoising,song2021score,ho2022classifier`.
+References: :cite:p:`ho2020denoising,song2021score,ho2022classifier,chen2023score,ronneberger2015unet`.
 """
 
 from __future__ import annotations
@@ -34,6 +37,9 @@ __all__ = [
     "SinusoidalEmbedding",
     "ScoreMLP",
     "ConditionalScoreMLP",
+    "EncoderDecoderScore",
+    "UNet",
+    "n_parameters",
     "ScoreAdapter",
     "LabelledScore",
     "as_score",
@@ -260,6 +266,341 @@ class ConditionalScoreMLP(nn.Module):
         tp = _rows(t, x.shape[0], xp)
         features = torch.cat([xp, self.embedding(tp), self.class_embedding(y).to(xp.dtype)], dim=1)
         return self.net(features).to(dtype=x.dtype, device=x.device)
+
+
+# -- networks with structure (review Section 4.2.1) ----------------------------------------------------------
+def n_parameters(module: nn.Module, trainable: bool = True) -> int:
+    """The number of (trainable, by default) scalar parameters of a module: the network size of Section 4.2.1."""
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable)
+
+
+def _check_basis(basis, D: int, d: int) -> torch.Tensor:
+    if not isinstance(basis, torch.Tensor):
+        try:
+            basis = torch.as_tensor(basis, dtype=torch.float64)
+        except (TypeError, ValueError) as err:
+            raise TypeError(f"basis must be a ({D}, {d}) tensor or array, got {type(basis).__name__}") from err
+    if not basis.is_floating_point():
+        basis = basis.to(torch.float64)
+    if basis.shape != (D, d):
+        raise ValueError(f"basis must have shape (D, d) = ({D}, {d}), got {tuple(basis.shape)}")
+    if not torch.all(torch.isfinite(basis)):
+        raise ValueError("basis contains NaN or infinite entries")
+    tol = 1e-8 if basis.dtype == torch.float64 else 1e-5
+    gram = basis.T @ basis
+    err = float((gram - torch.eye(d, dtype=basis.dtype, device=basis.device)).abs().max())
+    if err > tol:
+        raise ValueError(f"basis must have orthonormal columns (V^T V = I); max |V^T V - I| = {err:.3g} > {tol:g}. "
+                         "Orthonormalise it first, e.g. with torch.linalg.qr or diffnotes.targets.orthonormal_basis")
+    return basis.detach().clone()
+
+
+def _orthonormalise(w: torch.Tensor) -> torch.Tensor:
+    """The Q factor of the reduced QR decomposition of w, with the signs fixed so that diag(R) > 0 (a smooth map)."""
+    q, r = torch.linalg.qr(w)
+    signs = torch.where(torch.diagonal(r) < 0, -1.0, 1.0).to(q)
+    return q * signs[None, :]
+
+
+class EncoderDecoderScore(nn.Module):
+    r"""The encoder-decoder score network of Chen, Huang, Zhao and Wang for data on a linear subspace.
+
+    .. math::
+
+        s_{V,\theta}(x, t) = \frac{1}{h(t)}\big(V f_\theta(V^\top x, t) - x\big),
+        \qquad V\in\mathbb R^{D\times d},\ V^\top V = I_d :
+
+    a linear encoder :math:`V^\top` to d latent coordinates, a small network :math:`f_\theta` in d dimensions, a
+    linear decoder :math:`V`, and the skip connection :math:`-x/h(t)` -- the simplified U-Net of the review's Fig. 5
+    (Section 4.2.1; book chapter *Score approximation*) :cite:p:`chen2023score`.  It matches the decomposition of
+    the score of data :math:`x = Az` on a d-dimensional subspace,
+
+    .. math::
+
+        \nabla\log p_t(x) = A\,\nabla\log p^{\rm ld}_t(A^\top x) - \frac{1}{h(t)}(I - AA^\top)x,
+
+    exactly when :math:`V = A` and :math:`f(z, t) = z + h(t)\nabla\log p^{\rm ld}_t(z)`
+    (:math:`= \alpha(t)\,\mathbb E[z_0\mid z_t = z]` by Tweedie's formula): the network then only has to learn a
+    function of d variables, and its size depends on d, not on D.
+
+    With ``latent_output="score"`` the latent network g is read as a latent score, :math:`f = z + h(t)\,g(z, t)`,
+    so that :math:`s = V g(V^\top x, t) - (I - VV^\top)x/h(t)`: the same set of functions (for h > 0), but a
+    different optimisation landscape.  With the direct form a small random :math:`f_\theta` outputs about 0, a
+    basis vector that points off the data gets almost no gradient, and training from a random basis can stall on
+    a plateau with one direction found; with the score form an untrained network is the projection
+    :math:`V^\top x \mapsto V^\top x`, and learning the basis starts like principal component analysis.
+
+    The basis is either learned, :math:`V = \mathrm{qr}(W)` (the Q factor of an unconstrained :math:`D\times d`
+    parameter W, with diag(R) > 0), so it stays orthonormal after every optimiser step; or fixed to a given
+    orthonormal ``basis`` (a buffer, not trained).  :attr:`basis` is the current V.
+
+    The network outputs the score itself: use it as ``score(x, t)``, with the losses (``esm_loss``, ``dsm_loss``)
+    and samplers directly, or through ``as_score(net, "score")``.  Computations use the dtype and device of the
+    parameters (float32 by default; ``.double()`` for float64), or those of x for a parameter-free network (fixed
+    basis and a plain-function latent); the output is returned in the dtype and on the device of ``x``.
+
+    Parameters
+    ----------
+    dim : int
+        Ambient dimension D.
+    latent_dim : int
+        Subspace dimension d, at most D.
+    sde : VPSDE, optional
+        The forward process giving :math:`h(t)` (default :class:`~diffnotes.sde.ConstantVP`).  Times must lie in
+        (0, T].
+    basis : array of shape (D, d), optional
+        An orthonormal basis.  Fixed (not trained) unless ``learn_basis=True``, in which case it is the starting
+        point of the learned basis.  Default: learned, from a random orthonormal start.
+    learn_basis : bool, optional
+        Whether V is trained (default: True without ``basis``, False with it).
+    latent : callable, optional
+        :math:`f(z, t)` for z of shape (n, d) and t of shape (n,), returning (n, d): a module (trained with the
+        network) or a plain function (e.g. the exact latent map).  Default: a :class:`ScoreMLP` in d dimensions
+        with the options below.
+    latent_output : {"f", "score"}
+        What the latent network returns: :math:`f` itself (default, the form of :cite:p:`chen2023score`) or a
+        latent score g with :math:`f = z + h(t)\,g`.
+    hidden, depth, time_embedding, embedding_dim
+        The default latent :class:`ScoreMLP` (ignored when ``latent`` is given).
+    generator : torch.Generator, optional
+        Source of the random initial basis (default: torch's global generator, like the other layers' weights).
+    """
+
+    conditional = False
+
+    def __init__(self, dim: int, latent_dim: int, *, sde: VPSDE | None = None, basis=None,
+                 learn_basis: bool | None = None, latent: Callable | None = None, latent_output: str = "f",
+                 hidden: int = 64, depth: int = 2, time_embedding: str = "log", embedding_dim: int = 32,
+                 generator: torch.Generator | None = None):
+        super().__init__()
+        _check_sizes(dim=dim, latent_dim=latent_dim)
+        if latent_dim > dim:
+            raise ValueError(f"the latent dimension d = {latent_dim} cannot exceed the ambient dimension D = {dim}")
+        self.dim, self.latent_dim = int(dim), int(latent_dim)
+        sde = sde if sde is not None else ConstantVP()
+        if not isinstance(sde, VPSDE):
+            raise TypeError(f"sde must be a VPSDE, got {type(sde).__name__}")
+        self.sde = sde
+        if latent_output not in ("f", "score"):
+            raise ValueError(f"latent_output must be 'f' or 'score', got {latent_output!r}")
+        self.latent_output = latent_output
+        if basis is None:
+            if learn_basis is False:
+                raise ValueError("learn_basis=False needs a basis to fix")
+            start = _orthonormalise(torch.randn(self.dim, self.latent_dim, generator=generator, dtype=torch.float64))
+            learn_basis = True
+        else:
+            start = _check_basis(basis, self.dim, self.latent_dim)
+            learn_basis = bool(learn_basis)
+        self.learn_basis = learn_basis
+        if learn_basis:
+            self.basis_weight = nn.Parameter(start.to(torch.get_default_dtype()))
+        else:
+            self.register_buffer("fixed_basis", start)
+        if latent is None:
+            _check_sizes(hidden=hidden, depth=depth)
+            latent = ScoreMLP(self.latent_dim, hidden, depth, time_embedding, embedding_dim)
+        if isinstance(latent, nn.Module):
+            self.latent = latent
+        elif callable(latent):
+            self.__dict__["latent"] = latent  # a plain function: not a submodule
+        else:
+            raise TypeError(f"latent must be a callable f(z, t), got {type(latent).__name__}")
+
+    def _basis(self) -> torch.Tensor:
+        return _orthonormalise(self.basis_weight) if self.learn_basis else self.fixed_basis
+
+    @property
+    def basis(self) -> torch.Tensor:
+        """The current orthonormal basis V, shape (D, d) (a detached copy)."""
+        return self._basis().detach().clone()
+
+    def forward(self, x: torch.Tensor, t) -> torch.Tensor:
+        r"""The score :math:`(V f(V^\top x, t) - x)/h(t)` for x (n, D) and t (a float or an (n,) tensor in (0, T])."""
+        x = _check_x(x, self.dim)
+        like = next(self.parameters(), None)
+        if like is None:
+            like = x
+        xp = x.to(dtype=like.dtype, device=like.device)
+        tp = self.sde.check_time(_rows(t, x.shape[0], xp)).to(xp)
+        V = self._basis().to(xp)
+        h = self.sde.h(tp)[:, None]
+        z = xp @ V
+        f = self.latent(z, tp)
+        if not isinstance(f, torch.Tensor) or f.shape != (x.shape[0], self.latent_dim):
+            raise ValueError(f"the latent network must return a tensor of shape ({x.shape[0]}, {self.latent_dim}), "
+                             f"got {getattr(f, 'shape', type(f))}")
+        f = f.to(xp)
+        if self.latent_output == "score":
+            out = f @ V.T - (xp - z @ V.T) / h  # V g(V^T x) - (I - V V^T) x / h
+        else:
+            out = (f @ V.T - xp) / h
+        return out.to(dtype=x.dtype, device=x.device)
+
+    def score(self, x: torch.Tensor, t) -> torch.Tensor:
+        """The same as calling the network (the ``score(x, t)`` protocol of the exact targets)."""
+        return self(x, t)
+
+    def extra_repr(self) -> str:
+        return (f"D={self.dim}, d={self.latent_dim}, learn_basis={self.learn_basis}, "
+                f"latent_output={self.latent_output!r}, sde={self.sde!r}")
+
+
+def _group_count(channels: int, max_groups: int) -> int:
+    return math.gcd(channels, max_groups)
+
+
+class _ResBlock(nn.Module):
+    """GroupNorm-SiLU-conv, plus the projected time embedding, GroupNorm-SiLU-conv, plus a (1x1) residual path."""
+
+    def __init__(self, c_in: int, c_out: int, t_dim: int, groups: int):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(_group_count(c_in, groups), c_in)
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.time = nn.Linear(t_dim, c_out)
+        self.norm2 = nn.GroupNorm(_group_count(c_out, groups), c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
+        self.residual = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+
+    @property
+    def in_channels(self) -> int:
+        return self.conv1.in_channels
+
+    @property
+    def out_channels(self) -> int:
+        return self.conv2.out_channels
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(nn.functional.silu(self.norm1(x)))
+        h = h + self.time(emb)[:, :, None, None]
+        h = self.conv2(nn.functional.silu(self.norm2(h)))
+        return h + self.residual(x)
+
+
+class UNet(nn.Module):
+    r"""A compact convolutional U-Net for small images, on flat tensors: :math:`(x, t)\mapsto f_\theta(x, t)`.
+
+    The U-Net of Ronneberger, Fischer and Brox :cite:p:`ronneberger2015unet` as used for diffusion by DDPM
+    :cite:p:`ho2020denoising` (the review's Fig. 4 and Remark 1; Section 4.2.1, book chapter *Score
+    approximation*), reduced to its skeleton:
+
+    * a 3x3 convolution from the C image channels to ``channels[0]``;
+    * one down-sampling level per entry c of ``channels``: a residual block (GroupNorm, SiLU, 3x3 convolutions,
+      the time embedding added to every pixel) to c channels, whose output is kept for the skip connection, then
+      2x2 average pooling;
+    * a bottleneck residual block at resolution :math:`H/2^L \times W/2^L` (L = ``len(channels)``);
+    * one up-sampling level per entry, in reverse: nearest-neighbour up-sampling, concatenation with the kept
+      output of the same resolution (the skip connection), a residual block;
+    * GroupNorm, SiLU and a 3x3 convolution back to C channels.
+
+    The time enters through a :class:`SinusoidalEmbedding` followed by a two-layer MLP.  Inputs and outputs are flat,
+    shape (n, C*H*W) (row-major C, H, W), so the network follows the package's ``model(x, t)`` protocol and works
+    unchanged with the losses, :func:`~diffnotes.training.train` and the samplers; what the output means is chosen
+    by :func:`as_score` (typically ``"eps"``).  Dtype and device handling are those of :class:`ScoreMLP`.
+
+    Parameters
+    ----------
+    image_shape : tuple of int
+        (C, H, W); H and W must be divisible by :math:`2^L`.
+    channels : sequence of int
+        Width of each level, from the finest resolution to the coarsest (L = its length, at least 1).
+    embedding_dim : int
+        Width of the sinusoidal time embedding (even).
+    time_embedding : {"log", "linear"}
+        Embed :math:`\log t` (default) or :math:`t`.
+    groups : int
+        Largest number of GroupNorm groups (the largest divisor of the channel count up to it is used).
+    """
+
+    conditional = False
+
+    def __init__(self, image_shape, channels=(16, 32), *, embedding_dim: int = 32, time_embedding: str = "log",
+                 groups: int = 8):
+        super().__init__()
+        shape = tuple(image_shape) if isinstance(image_shape, (tuple, list, torch.Size)) else None
+        if shape is None or len(shape) != 3 or any(isinstance(v, bool) or int(v) != v or v < 1 for v in shape):
+            raise ValueError(f"image_shape must be (C, H, W) with positive integers, got {image_shape!r}")
+        chans = tuple(channels) if isinstance(channels, (tuple, list)) else None
+        if not chans:
+            raise ValueError(f"channels must be a non-empty sequence of positive integers, got {channels!r}")
+        _check_sizes(**{f"channels[{k}]": c for k, c in enumerate(chans)}, groups=groups)
+        C, H, W = (int(v) for v in shape)
+        levels = len(chans)
+        if H % 2**levels or W % 2**levels:
+            raise ValueError(f"with {levels} levels the image height and width must be divisible by 2**{levels} = "
+                             f"{2**levels}, got H = {H}, W = {W}; use fewer channels entries or pad the images")
+        self.image_shape, self.channels = (C, H, W), tuple(int(c) for c in chans)
+        self.dim = C * H * W
+        self.embedding = SinusoidalEmbedding(embedding_dim, time_embedding)
+        t_dim = 4 * self.channels[0]
+        self.time_mlp = nn.Sequential(nn.Linear(self.embedding.n_features, t_dim), nn.SiLU(),
+                                      nn.Linear(t_dim, t_dim))
+        self.stem = nn.Conv2d(C, self.channels[0], 3, padding=1)
+        self.down = nn.ModuleList()
+        width = self.channels[0]
+        for c in self.channels:
+            self.down.append(_ResBlock(width, c, t_dim, groups))
+            width = c
+        self.middle = _ResBlock(width, width, t_dim, groups)
+        self.up = nn.ModuleList()
+        for c in reversed(self.channels):
+            self.up.append(_ResBlock(width + c, c, t_dim, groups))
+            width = c
+        self.head = nn.Sequential(nn.GroupNorm(_group_count(width, groups), width), nn.SiLU(),
+                                  nn.Conv2d(width, C, 3, padding=1))
+
+    def forward(self, x: torch.Tensor, t) -> torch.Tensor:
+        """The network output for flat images x (n, C*H*W) and times t (a float or an (n,) tensor), shaped like x."""
+        x = _check_x(x, self.dim)
+        p = _param_like(self)
+        xp = x.to(dtype=p.dtype, device=p.device)
+        n = x.shape[0]
+        emb = self.time_mlp(self.embedding(_rows(t, n, xp)))
+        h = self.stem(xp.reshape(n, *self.image_shape))
+        skips = []
+        for block in self.down:
+            h = block(h, emb)
+            skips.append(h)
+            h = nn.functional.avg_pool2d(h, 2)
+        h = self.middle(h, emb)
+        for block in self.up:
+            h = nn.functional.interpolate(h, scale_factor=2, mode="nearest")
+            h = block(torch.cat([h, skips.pop()], dim=1), emb)
+        return self.head(h).reshape(n, self.dim).to(dtype=x.dtype, device=x.device)
+
+    def architecture(self) -> list[dict]:
+        """The stages in the order of the forward pass, read from the modules, for drawing the network.
+
+        Each stage is a dict with ``name``, ``kind`` (``"conv"``, ``"down"``, ``"middle"``, ``"up"``),
+        ``in_channels``, ``out_channels``, ``resolution`` (H, W) at which it runs, ``parameters`` (its count) and,
+        for the up-sampling blocks, ``skip_from`` (the name of the down block whose output is concatenated).
+        """
+        C, H, W = self.image_shape
+        stages = [dict(name="input conv", kind="conv", in_channels=self.stem.in_channels,
+                       out_channels=self.stem.out_channels, resolution=(H, W), parameters=n_parameters(self.stem))]
+        for k, block in enumerate(self.down):
+            stages.append(dict(name=f"down {k + 1}", kind="down", in_channels=block.in_channels,
+                               out_channels=block.out_channels, resolution=(H >> k, W >> k),
+                               parameters=n_parameters(block)))
+        L = len(self.down)
+        stages.append(dict(name="bottleneck", kind="middle", in_channels=self.middle.in_channels,
+                           out_channels=self.middle.out_channels, resolution=(H >> L, W >> L),
+                           parameters=n_parameters(self.middle)))
+        for j, block in enumerate(self.up):
+            k = L - 1 - j
+            stages.append(dict(name=f"up {k + 1}", kind="up", in_channels=block.in_channels,
+                               out_channels=block.out_channels, resolution=(H >> k, W >> k),
+                               parameters=n_parameters(block), skip_from=f"down {k + 1}"))
+        conv = self.head[-1]
+        stages.append(dict(name="output conv", kind="conv", in_channels=conv.in_channels,
+                           out_channels=conv.out_channels, resolution=(H, W),
+                           parameters=n_parameters(self.head)))
+        return stages
+
+    def extra_repr(self) -> str:
+        return f"image_shape={self.image_shape}, channels={self.channels}"
 
 
 # -- the adapter ---------------------------------------------------------------------------------------------
