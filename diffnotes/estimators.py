@@ -142,8 +142,8 @@ def _density_rows(x, centers, a: float, v: float, weights) -> torch.Tensor:
     return torch.cat(out)
 
 
-class _KernelBase:
-    """Shared input checks and evaluation for the estimators built on a Gaussian mixture at the data points."""
+class _Sample:
+    """An estimator built on a sample ``data`` (n, D) with a forward process ``sde``: sizes and the check of x."""
 
     data: torch.Tensor
     sde: VPSDE
@@ -164,6 +164,10 @@ class _KernelBase:
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise ValueError(f"x must have shape (m, {self.dim}), got {tuple(x.shape)}")
         return x.to(torch.float64)
+
+
+class _KernelBase(_Sample):
+    """Shared evaluation for the estimators built on a Gaussian mixture at the data points."""
 
     def _coefficients(self, x, t):
         t = self.sde.check_time(t)
@@ -289,7 +293,7 @@ class KernelScore(_KernelBase):
         return f"KernelScore(n={self.n}, D={self.dim}, bandwidth={self.bandwidth:.4g}, floor={self.floor:.3g})"
 
 
-class SubspaceScore:
+class SubspaceScore(_Sample):
     r"""Subspace score estimator: PCA encoder, latent kernel score, analytic orthogonal term.
 
     For data :math:`x = Az` on a d-dimensional linear subspace the true score splits as
@@ -347,11 +351,6 @@ class SubspaceScore:
         self.V = V
         self.latent = KernelScore(self.data @ V, sde, latent_bandwidth, floor)
 
-    @property
-    def dim(self) -> int:
-        """The ambient dimension D."""
-        return self.data.shape[1]
-
     def score(self, x, t) -> torch.Tensor:
         """The estimated score at the rows of x (shape (m, D)); t in (0, T], one time or one per row."""
         x = self._check_x(x)
@@ -360,15 +359,8 @@ class SubspaceScore:
         code = x @ self.V
         return self.latent.score(code, t) @ self.V.T - (x - code @ self.V.T) / h
 
-    def _check_x(self, x) -> torch.Tensor:
-        if not isinstance(x, torch.Tensor):
-            x = torch.as_tensor(np.asarray(x, dtype=np.float64))
-        if x.ndim != 2 or x.shape[1] != self.dim:
-            raise ValueError(f"x must have shape (m, {self.dim}), got {tuple(x.shape)}")
-        return x.to(torch.float64)
-
     def __repr__(self) -> str:
-        return f"SubspaceScore(n={self.data.shape[0]}, D={self.dim}, d={self.d}, latent={self.latent})"
+        return f"SubspaceScore(n={self.n}, D={self.dim}, d={self.d}, latent={self.latent})"
 
 
 class ScoreError(NamedTuple):
@@ -451,7 +443,7 @@ def _condition_data(y, n: int) -> torch.Tensor:
     return out
 
 
-class ConditionalKernelScore:
+class ConditionalKernelScore(_Sample):
     r"""Conditional kernel score estimator: Nadaraya-Watson weights in y times the diffused Gaussian kernel in x.
 
     From n pairs :math:`(x_i, y_i)`, :math:`x_i \in \mathbb R^{d_x}`, :math:`y_i \in \mathbb R^{d_y}`, the conditional
@@ -498,26 +490,9 @@ class ConditionalKernelScore:
         self.y_bandwidth = _nonneg("y_bandwidth", default if y_bandwidth is None else y_bandwidth, positive=True)
 
     @property
-    def dim(self) -> int:
-        """The dimension d_x of x."""
-        return self.data.shape[1]
-
-    @property
     def y_dim(self) -> int:
         """The dimension d_y of the condition."""
         return self.conditions.shape[1]
-
-    @property
-    def n(self) -> int:
-        """The number of pairs."""
-        return self.data.shape[0]
-
-    def _check_x(self, x) -> torch.Tensor:
-        if not isinstance(x, torch.Tensor):
-            x = torch.as_tensor(np.asarray(x, dtype=np.float64))
-        if x.ndim != 2 or x.shape[1] != self.dim:
-            raise ValueError(f"x must have shape (m, {self.dim}), got {tuple(x.shape)}")
-        return x.to(torch.float64)
 
     def _check_y(self, y, m: int) -> torch.Tensor:
         """Conditions for m rows: one condition (a number or shape (d_y,)) broadcast, or one per row."""
