@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from .losses import _reduce
+from .networks import _mlp
 from .samplers import _check_times, exponential_multistep
 from .sde import VPSDE, ConstantVP, as_time
 from .targets import GaussianMixture, SubspaceMixture
@@ -335,13 +336,7 @@ class StudentMLP(nn.Module):
     def __init__(self, dim: int, hidden: int = 64, depth: int = 2):
         super().__init__()
         dim, hidden, depth = (_positive_int(k, v) for k, v in (("dim", dim), ("hidden", hidden), ("depth", depth)))
-        layers: list[nn.Module] = []
-        width = dim
-        for _ in range(depth):
-            layers += [nn.Linear(width, hidden), nn.SiLU()]
-            width = hidden
-        layers.append(nn.Linear(width, dim))
-        self.dim, self.net = dim, nn.Sequential(*layers)
+        self.dim, self.net = dim, _mlp(dim, hidden, depth, dim)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """G(z) for z of shape (n, dim), in the dtype of z."""

@@ -63,16 +63,16 @@ _BLOCK_ENTRIES = 2**22
 _LOG_2PI = math.log(2 * math.pi)
 
 
-def _data(data, name: str = "data", min_n: int = 1) -> torch.Tensor:
+def _data(data, name: str = "data", min_n: int = 1, shape: str = "(n, D)") -> torch.Tensor:
     if isinstance(data, torch.Tensor):
         out = data.detach().to(torch.float64)
     else:
         try:
             out = torch.as_tensor(np.asarray(data, dtype=np.float64))
         except (TypeError, ValueError) as err:
-            raise TypeError(f"{name} must be an array of numbers shaped (n, D), got {type(data).__name__}") from err
+            raise TypeError(f"{name} must be an array of numbers shaped {shape}, got {type(data).__name__}") from err
     if out.ndim != 2 or out.shape[1] < 1:
-        raise ValueError(f"{name} must be shaped (n, D) with D >= 1, got shape {tuple(out.shape)}")
+        raise ValueError(f"{name} must be shaped {shape} with a non-empty last axis, got shape {tuple(out.shape)}")
     if out.shape[0] < min_n:
         raise ValueError(f"{name} has n = {out.shape[0]} points; this estimator needs at least {min_n}")
     if not torch.all(torch.isfinite(out)):
@@ -425,21 +425,11 @@ def subspace_angle(V, A) -> float:
 # -- conditional estimation and the output law of the backward process ------------------------------------------------
 def _condition_data(y, n: int) -> torch.Tensor:
     """The conditions of the training pairs as an (n, d_y) float64 tensor; a 1-D array is one condition per row."""
-    if isinstance(y, torch.Tensor):
-        out = y.detach().to(torch.float64)
-    else:
-        try:
-            out = torch.as_tensor(np.asarray(y, dtype=np.float64))
-        except (TypeError, ValueError) as err:
-            raise TypeError(f"y must be an array of numbers shaped (n,) or (n, d_y), got {type(y).__name__}") from err
-    if out.ndim == 1:
-        out = out[:, None]
-    if out.ndim != 2 or out.shape[1] < 1:
-        raise ValueError(f"y must be shaped (n,) or (n, d_y) with d_y >= 1, got shape {tuple(out.shape)}")
+    if np.ndim(y) == 1:
+        y = y[:, None] if isinstance(y, (torch.Tensor, np.ndarray)) else [[v] for v in y]
+    out = _data(y, "y", shape="(n,) or (n, d_y)")
     if out.shape[0] != n:
         raise ValueError(f"y has {out.shape[0]} rows but x has {n}: give one condition per data point")
-    if not torch.all(torch.isfinite(out)):
-        raise ValueError("y must be finite")
     return out
 
 
