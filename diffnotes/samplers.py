@@ -427,12 +427,15 @@ def _multistep_plan(times, sde, order: int, corrector: bool, lower_order_final: 
     base, target, count = np.arange(2 * n_steps) % n_steps, np.arange(2 * n_steps) % n_steps + 1, []
     base[n_steps:] -= 1
     target[n_steps:] -= 1
+    # Step k corrects step k - 1: every step with the corrector; without it only the first step of the third-order
+    # predictor (a DDIM step, local error h^2, which would otherwise leave a global h^2 term), at no extra score call.
+    corrected = [k > 0 and (corrector or (order == 3 and k == 1)) for k in range(n_steps)]
     used = 0
     for k in range(n_steps):
         p = min(order, k + 1)
         if lower_order_final:
             p = min(p, n_steps - k)
-        count.append((p, used + 1 if corrector and k > 0 else 0))  # corrector: the new node + the predictor's
+        count.append((p, used + 1 if corrected[k] else 0))  # corrector: the new node + the predictor's
         used = p
     count = np.array(count).T.reshape(-1)  # predictor counts, then corrector counts
     live = count > 0
@@ -447,7 +450,7 @@ def _multistep_plan(times, sde, order: int, corrector: bool, lower_order_final: 
     for i, row in enumerate(rows.tolist()):
         terms[row] = list(zip(slot[i][: count[i]], coef[i][: count[i]], strict=True))
     sg = sg.tolist()
-    return [(sg[k] ** 2, k % slots, (sg[k] / sg[k - 1], terms[n_steps + k]) if corrector and k > 0 else None,
+    return [(sg[k] ** 2, k % slots, (sg[k] / sg[k - 1], terms[n_steps + k]) if corrected[k] else None,
              (sg[k + 1] / sg[k], terms[k])) for k in range(n_steps)]
 
 
@@ -469,9 +472,18 @@ def _exponential_multistep(run, x, t, t_next, order: int = 2, corrector: bool = 
     others reused), and the integral is done exactly, :math:`x_{k+1} = (\sigma_{k+1}/\sigma_k)\,x_k + \alpha_{k+1}
     \sum_j w_j f_{k-j}` with :math:`w_j = \int_{\lambda_k}^{\lambda_{k+1}} e^{u-\lambda_{k+1}}\ell_j(u)\,\mathrm du`
     (:math:`\ell_j` the Lagrange basis).  Order 1 is DDIM; order 2 is DPM-Solver++ 2M in the variant that integrates
-    the linear interpolant exactly (``solver_type="heun"`` of the reference code); order 3 is DPM-Solver++ 3M
-    :cite:p:`lu2022dpmsolverpp`.  The exact quadrature of polynomials against the exponential kernel is that of DEIS
-    :cite:p:`zhang2023fast`.
+    the linear interpolant exactly (``solver_type="heun"`` of the reference code).  Order 3 has the form of
+    DPM-Solver++ 3M :cite:p:`lu2022dpmsolverpp` but is not diffusers' ``DPMSolverMultistepScheduler`` with
+    ``solver_order=3``: writing the quadratic interpolant as :math:`D_0 + D_1 s + D_2 s^2` in
+    :math:`s = (\lambda - \lambda_k)/\delta` (:math:`D_2` the second divided difference in units of the step, as
+    there), we integrate it exactly, so :math:`D_2` gets the weight :math:`\delta J_2(\delta) = -2\varphi_3`,
+    :math:`\varphi_3 = (e^{-\delta} - 1 + \delta)/\delta^2 - \tfrac12`, while diffusers (and the reference code)
+    give it :math:`-\varphi_3`, half as much: theirs treats :math:`D_2` as :math:`\delta^2\hat x_0''` where it
+    estimates :math:`\delta^2\hat x_0''/2`.  The divided differences agree, and so do the steps of orders 1
+    and 2 (with ``solver_type="heun"``).  Also, our first step is corrected (below); diffusers' is plain DDIM.
+    tests/test_parity_3m.py checks that these two differences account exactly for the gap between the two
+    (about 1e-2 at 10 steps on the DDPM grid).  The exact quadrature of polynomials against the exponential kernel is
+    that of DEIS :cite:p:`zhang2023fast`.
 
     *Corrector* (exponential Adams-Moulton): once :math:`f_{k+1}` has been computed at the predicted
     :math:`x_{k+1}` (the call the next step needs anyway), :math:`x_{k+1}` is recomputed from :math:`x_k` with the
@@ -482,8 +494,43 @@ def _exponential_multistep(run, x, t, t_next, order: int = 2, corrector: bool = 
 
     With ``lower_order_final`` the order is capped by the number of steps left (the last step is DDIM, the one before
     it at most second order), which keeps large final steps into small noise levels stable.  The grid's first steps
-    use the orders their history allows.  Asymptotic order: p, or p + 1 with the corrector (without
-    ``lower_order_final``).  All weights depend only on the grid and are computed once, before the first step.
+    use the orders their history allows; without the corrector, the third-order predictor's first step (a DDIM step,
+    local error :math:`O(\delta^2)`) is still corrected, at no extra score call: otherwise it leaves a global
+    :math:`O(\delta^2)` term, of size :math:`\mathrm{SNR}(T)\,\delta^2` (the data prediction moves at rate
+    :math:`\alpha` near T), which is why it only showed below errors of about 1e-8 (issue 18).
+
+    *Orders* (without ``lower_order_final``): p, or p + 1 with the corrector.  Measured on the exact Gaussian
+    oracle (D = 3, full covariance, non-zero mean, started at the exact law at T = 1 of ``LinearVP()``,
+    t0 = 1e-3; error of the output mean and covariance), local orders between 1536 and 3072 steps, errors at 3072:
+
+    ===========  =====================  =====================  ======================
+    order, AM    ``"uniform"``          ``"quadratic"``        ``"logsnr"``
+    ===========  =====================  =====================  ======================
+    1            1.00 (1.2e-3)          1.00 (1.0e-3)          1.00 (1.6e-3)
+    1 + AM       1.91 (1.0e-5)          2.00 (1.1e-6)          2.00 (2.8e-6)
+    2            2.03 (8.8e-6)          2.00 (7.0e-7)          2.00 (2.0e-6)
+    2 + AM       2.74 (1.2e-6)          3.00 (2.9e-9)          3.00 (6.3e-9)
+    3            2.97 (7.3e-7)          3.01 (2.7e-9)          3.74 (1.4e-11)
+    3 + AM       3.52 (2.6e-7)          4.10 (1.5e-11)         4.01 (8.0e-12)
+    ===========  =====================  =====================  ======================
+
+    The uniform grid reaches the asymptotic orders late: its step next to t0 spans :math:`\tfrac12\log(1 +
+    T/(n t_0))` in :math:`\lambda`, which is not small until :math:`n \gg T/t_0` (with ``ConstantVP(T=10)`` the local
+    orders at 3072 steps are still 0.97-2.2).  On the log-SNR grid the plain third-order predictor measures more
+    than 3 (3.9-4.0 at 100-1500 steps for ``LinearVP()``, 3.4-3.8 for ``ConstantVP(T=10)``, drifting down to 3; the
+    4.5-4.7 measured before the first step was corrected came from its :math:`\delta^2` term of opposite sign): for
+    Gaussian data the data prediction along the exact flow is :math:`\mu + c\,g(\lambda)` with
+    :math:`g = e^\lambda/\sqrt{1 + \kappa e^{2\lambda}}` per eigen-direction (:math:`\kappa` the eigenvalue of the
+    covariance), and the error at t0 sums the local errors :math:`\propto \delta^4\alpha\,\hat x_0'''` carried
+    by the flow (a factor :math:`\propto g/\alpha`), so with a constant step the :math:`\delta^3` coefficient is
+    :math:`\propto \int g\,g'''\,\mathrm d\lambda = [g g'' - g'^2/2]`, an exact derivative, left only with its small
+    end values (:math:`O(\mathrm{SNR}(T))` and :math:`O(1/\mathrm{SNR}(t_0))`).  The next term does not
+    cancel, so order 4 shows until the small :math:`\delta^3` term takes over.  On non-uniform grids (in
+    :math:`\lambda`) and for non-Gaussian data nothing cancels.  With the corrector and p = 3 the first step has only
+    two nodes (local error :math:`O(\delta^3)`), which leaves a global term :math:`\mathrm{SNR}(T)\,\delta^3`; here
+    it does not show in the local orders down to errors of 5e-13 (4.04 from 3072 to 6144 steps on the log-SNR grid;
+    tests/test_multistep_orders.py).  All weights depend only on the grid and are computed once,
+    before the first step; they are exact to round-off (series below :math:`\delta = 1/2`, recursion above).
     Review Section 2 (faster sampling), book chapter *Samplers*; the review names the idea (fewer steps with a
     better ODE solver), not this solver.
 
