@@ -43,7 +43,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from .sde import VPSDE, _column, as_time
+from . import _checks
+from .sde import VPSDE, as_time
 from .targets import GaussianMixture
 
 __all__ = [
@@ -61,29 +62,6 @@ __all__ = [
 #: Largest number of (evaluation point, data point) pairs held in memory at once (float64: 32 MB).
 _BLOCK_ENTRIES = 2**22
 _LOG_2PI = math.log(2 * math.pi)
-
-
-def _data(data, name: str = "data", min_n: int = 1, shape: str = "(n, D)") -> torch.Tensor:
-    if isinstance(data, torch.Tensor):
-        out = data.detach().to(torch.float64)
-    else:
-        try:
-            out = torch.as_tensor(np.asarray(data, dtype=np.float64))
-        except (TypeError, ValueError) as err:
-            raise TypeError(f"{name} must be an array of numbers shaped {shape}, got {type(data).__name__}") from err
-    if out.ndim != 2 or out.shape[1] < 1:
-        raise ValueError(f"{name} must be shaped {shape} with a non-empty last axis, got shape {tuple(out.shape)}")
-    if out.shape[0] < min_n:
-        raise ValueError(f"{name} has n = {out.shape[0]} points; this estimator needs at least {min_n}")
-    if not torch.all(torch.isfinite(out)):
-        raise ValueError(f"{name} must be finite")
-    return out
-
-
-def _sde(sde) -> VPSDE:
-    if not isinstance(sde, VPSDE):
-        raise TypeError(f"sde must be a VPSDE (see diffnotes.sde), got {type(sde).__name__}")
-    return sde
 
 
 def _nonneg(name: str, value, positive: bool = False) -> float:
@@ -159,11 +137,7 @@ class _Sample:
         return self.data.shape[0]
 
     def _check_x(self, x) -> torch.Tensor:
-        if not isinstance(x, torch.Tensor):
-            x = torch.as_tensor(np.asarray(x, dtype=np.float64))
-        if x.ndim != 2 or x.shape[1] != self.dim:
-            raise ValueError(f"x must have shape (m, {self.dim}), got {tuple(x.shape)}")
-        return x.to(torch.float64)
+        return _checks.points(x, "x", self.dim).to(torch.float64)
 
 
 class _KernelBase(_Sample):
@@ -171,7 +145,7 @@ class _KernelBase(_Sample):
 
     def _coefficients(self, x, t):
         t = self.sde.check_time(t)
-        t = _column(as_time(t, like=x), x.shape[0])
+        t = _checks.time_column(as_time(t, like=x), x.shape[0])
         return t, self.sde.alpha(t), self.sde.h(t)
 
     def _variance(self, a, h):
@@ -228,8 +202,8 @@ class EmpiricalScore(_KernelBase):
     """
 
     def __init__(self, data, sde: VPSDE):
-        self.data = _data(data, min_n=1)
-        self.sde = _sde(sde)
+        self.data = _checks.data(data, min_n=1)
+        self.sde = _checks.sde_or_default(sde, default=False)
 
     def _variance(self, a, h):
         return h
@@ -276,8 +250,8 @@ class KernelScore(_KernelBase):
     """
 
     def __init__(self, data, sde: VPSDE, bandwidth: float | None = None, floor: float = 0.0):
-        self.data = _data(data, min_n=2)
-        self.sde = _sde(sde)
+        self.data = _checks.data(data, min_n=2)
+        self.sde = _checks.sde_or_default(sde, default=False)
         if bandwidth is None:
             bandwidth = self.n ** (-1.0 / (self.dim + 4))
         self.bandwidth = _nonneg("bandwidth", bandwidth, positive=True)
@@ -327,8 +301,8 @@ class SubspaceScore(_Sample):
 
     def __init__(self, data, sde: VPSDE, d: int, latent_bandwidth: float | None = None, floor: float = 0.0,
                  basis=None):
-        self.data = _data(data, min_n=1)
-        self.sde = _sde(sde)
+        self.data = _checks.data(data, min_n=1)
+        self.sde = _checks.sde_or_default(sde, default=False)
         D = self.data.shape[1]
         if isinstance(d, bool) or int(d) != d or d < 1:
             raise ValueError(f"the subspace dimension d must be a positive integer, got {d!r}")
@@ -343,7 +317,7 @@ class SubspaceScore(_Sample):
             # Top-d right singular vectors of the data matrix = top eigenvectors of (1/n) X^T X, more accurately.
             V = torch.linalg.svd(self.data, full_matrices=False)[2][:d].T.contiguous()
         else:
-            V = _data(basis, "basis")
+            V = _checks.data(basis, "basis")
             if V.shape != (D, d):
                 raise ValueError(f"basis must be shaped (D, d) = ({D}, {d}), got {tuple(V.shape)}")
             if not torch.allclose(V.T @ V, torch.eye(d, dtype=torch.float64), atol=1e-8):
@@ -355,7 +329,7 @@ class SubspaceScore(_Sample):
         """The estimated score at the rows of x (shape (m, D)); t in (0, T], one time or one per row."""
         x = self._check_x(x)
         t = self.sde.check_time(t)
-        h = self.sde.h(_column(as_time(t, like=x), x.shape[0]))
+        h = self.sde.h(_checks.time_column(as_time(t, like=x), x.shape[0]))
         code = x @ self.V
         return self.latent.score(code, t) @ self.V.T - (x - code @ self.V.T) / h
 
@@ -404,7 +378,7 @@ def score_error(estimator, target, t: float, n_eval: int = 2000, generator: torc
             raise ValueError(f"n_eval must be an integer >= 2, got {n_eval!r}")
         points = target.sample_marginal(int(n_eval), t, generator)
     else:
-        points = _data(points, "points", min_n=2)
+        points = _checks.data(points, "points", min_n=2)
     truth = target.score(points, t)
     est = estimator.score(points, t)
     if est.shape != truth.shape:
@@ -416,7 +390,7 @@ def score_error(estimator, target, t: float, n_eval: int = 2000, generator: torc
 
 def subspace_angle(V, A) -> float:
     r"""The distance :math:`\|VV^\top - AA^\top\|_F` between the spans of two orthonormal D x d bases."""
-    V, A = _data(V, "V"), _data(A, "A")
+    V, A = _checks.data(V, "V"), _checks.data(A, "A")
     if V.shape != A.shape:
         raise ValueError(f"V and A must have the same shape, got {tuple(V.shape)} and {tuple(A.shape)}")
     return float(torch.linalg.matrix_norm(V @ V.T - A @ A.T))
@@ -427,7 +401,7 @@ def _condition_data(y, n: int) -> torch.Tensor:
     """The conditions of the training pairs as an (n, d_y) float64 tensor; a 1-D array is one condition per row."""
     if np.ndim(y) == 1:
         y = y[:, None] if isinstance(y, (torch.Tensor, np.ndarray)) else [[v] for v in y]
-    out = _data(y, "y", shape="(n,) or (n, d_y)")
+    out = _checks.data(y, "y", shape="(n,) or (n, d_y)")
     if out.shape[0] != n:
         raise ValueError(f"y has {out.shape[0]} rows but x has {n}: give one condition per data point")
     return out
@@ -472,9 +446,9 @@ class ConditionalKernelScore(_Sample):
     """
 
     def __init__(self, x, y, sde: VPSDE, bandwidth: float | None = None, y_bandwidth: float | None = None):
-        self.data = _data(x, "x", min_n=2)
+        self.data = _checks.data(x, "x", min_n=2)
         self.conditions = _condition_data(y, self.data.shape[0])
-        self.sde = _sde(sde)
+        self.sde = _checks.sde_or_default(sde, default=False)
         default = self.n ** (-1.0 / (self.dim + self.y_dim + 4))
         self.bandwidth = _nonneg("bandwidth", default if bandwidth is None else bandwidth, positive=True)
         self.y_bandwidth = _nonneg("y_bandwidth", default if y_bandwidth is None else y_bandwidth, positive=True)
@@ -542,7 +516,7 @@ class ConditionalKernelScore(_Sample):
         x = self._check_x(x)
         y = self._check_y(y, x.shape[0])
         t = self.sde.check_time(t)
-        t = _column(as_time(t, like=x), x.shape[0])
+        t = _checks.time_column(as_time(t, like=x), x.shape[0])
         a, h = self.sde.alpha(t), self.sde.h(t)
         return _mixture_score(x, self.data, a, a**2 * self.bandwidth**2 + h, None, log_p_out, self._log_weight_rows(y))
 
@@ -612,7 +586,7 @@ class ConditionedScore:
         est = self.estimator
         x = est._check_x(x)
         t = est.sde.check_time(t)
-        t = _column(as_time(t, like=x), x.shape[0])
+        t = _checks.time_column(as_time(t, like=x), x.shape[0])
         a, h = est.sde.alpha(t), est.sde.h(t)
         lw = self._log_w
         return _mixture_score(x, est.data, a, a**2 * est.bandwidth**2 + h, None, log_p_out,

@@ -48,7 +48,8 @@ import math
 import numpy as np
 import torch
 
-from .sde import VPSDE, ConstantVP
+from . import _checks
+from .sde import VPSDE
 
 __all__ = [
     "symmetric_mixture",
@@ -85,32 +86,11 @@ def _vector(name: str, v, d: int | None = None, nonzero: bool = False) -> torch.
     return v
 
 
-def _points(name: str, x, d: int) -> torch.Tensor:
-    if not isinstance(x, torch.Tensor) or x.ndim != 2 or x.shape[1] != d or not x.is_floating_point():
-        raise ValueError(f"{name} must be a floating tensor of shape (n, {d}), got {getattr(x, 'shape', type(x))}")
-    if not torch.all(torch.isfinite(x)):
-        raise ValueError(f"{name} must be finite")
-    return x
-
-
-def _sde(sde) -> VPSDE:
-    sde = ConstantVP() if sde is None else sde
-    if not isinstance(sde, VPSDE):
-        raise TypeError(f"sde must be a VPSDE, got {type(sde).__name__}")
-    return sde
-
-
 def _one_time(sde: VPSDE, t) -> tuple[torch.Tensor, torch.Tensor]:
     t = sde.check_time(t)
     if t.ndim != 0:
         raise ValueError("the objective is taken at a single time t (a number)")
     return sde.alpha(t), sde.h(t)
-
-
-def _positive_int(name, n, lo=1) -> int:
-    if isinstance(n, bool) or int(n) != n or n < lo:
-        raise ValueError(f"{name} must be an integer >= {lo}, got {n!r}")
-    return int(n)
 
 
 # -- the model ----------------------------------------------------------------------------------------------------
@@ -120,7 +100,7 @@ def symmetric_mixture(mu_star, sde: VPSDE | None = None):
     from .targets import GaussianMixture
 
     mu_star = _vector("mu_star", mu_star).detach().to(torch.float64)
-    return GaussianMixture([0.5, 0.5], torch.stack([mu_star, -mu_star]), [1.0, 1.0], _sde(sde))
+    return GaussianMixture([0.5, 0.5], torch.stack([mu_star, -mu_star]), [1.0, 1.0], _checks.sde_or_default(sde))
 
 
 def mixture_score(mu, x: torch.Tensor, t, sde: VPSDE | None = None) -> torch.Tensor:
@@ -130,8 +110,8 @@ def mixture_score(mu, x: torch.Tensor, t, sde: VPSDE | None = None) -> torch.Ten
     schedule).  Differentiable in ``mu`` (which may require grad).  t: one time in (0, T].
     """
     mu = _vector("mu", mu)
-    x = _points("x", x, mu.shape[0])
-    a, _ = _one_time(_sde(sde), t)
+    x = _checks.points(x, "x", mu.shape[0])
+    a, _ = _one_time(_checks.sde_or_default(sde), t)
     a = a.to(x)
     return a * mu[None, :] * torch.tanh(a * (x @ mu))[:, None] - x
 
@@ -145,14 +125,14 @@ def dsm_loss(mu, x0: torch.Tensor, t, *, eps: torch.Tensor | None = None, genera
     Its expectation is :func:`population_loss` plus a constant (:math:`d/h - \mathbb E\|\nabla\log p_t\|^2`).
     ``eps`` (n, d) fixes the noise (common random numbers); otherwise it is drawn with ``generator``.
     """
-    sde = _sde(sde)
+    sde = _checks.sde_or_default(sde)
     mu = _vector("mu", mu)
-    x0 = _points("x0", x0, mu.shape[0])
+    x0 = _checks.points(x0, "x0", mu.shape[0])
     a, h = _one_time(sde, t)
     if eps is None:
         eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype)
     else:
-        eps = _points("eps", eps, mu.shape[0])
+        eps = _checks.points(eps, "eps", mu.shape[0])
         if eps.shape != x0.shape:
             raise ValueError(f"eps must have the shape of x0 {tuple(x0.shape)}, got {tuple(eps.shape)}")
     sh = torch.sqrt(h).to(x0)
@@ -178,8 +158,8 @@ def population_loss(mu, mu_star, t, *, sde: VPSDE | None = None, n_nodes: int = 
     """
     mu = _vector("mu", mu)
     mu_star = _vector("mu_star", mu_star, mu.shape[0], nonzero=True).to(mu.dtype)
-    n_nodes = _positive_int("n_nodes", n_nodes, 2)
-    a_t, _ = _one_time(_sde(sde), t)
+    n_nodes = _checks.positive_int(n_nodes, "n_nodes", 2, floats=True)
+    a_t, _ = _one_time(_checks.sde_or_default(sde), t)
     alpha = a_t.to(mu.dtype)
     r = torch.linalg.vector_norm(mu_star)
     u = mu_star / r
@@ -220,10 +200,10 @@ def em_update(mu, mu_star=None, *, x: torch.Tensor | None = None, n_nodes: int =
     if (mu_star is None) == (x is None):
         raise ValueError("give exactly one of mu_star (population EM) and x (empirical EM)")
     if x is not None:
-        x = _points("x", x, mu.shape[0])
+        x = _checks.points(x, "x", mu.shape[0])
         return (x * torch.tanh(x @ mu.to(x))[:, None]).mean(0)
     mu_star = _vector("mu_star", mu_star, mu.shape[0]).to(mu.dtype)
-    g, w = _gauss_hermite(_positive_int("n_nodes", n_nodes, 2))
+    g, w = _gauss_hermite(_checks.positive_int(n_nodes, "n_nodes", 2, floats=True))
     u = mu @ mu_star + torch.linalg.vector_norm(mu) * g.to(mu.dtype)
     th = torch.tanh(u)
     w = w.to(mu.dtype)
@@ -254,7 +234,7 @@ def power_iteration(second_moment, v0, n_iter: int) -> torch.Tensor:
     S = torch.as_tensor(second_moment).to(v.dtype)
     if S.shape != (v.shape[0], v.shape[0]):
         raise ValueError(f"second_moment must have shape ({v.shape[0]}, {v.shape[0]}), got {tuple(S.shape)}")
-    n_iter = _positive_int("n_iter", n_iter, 0)
+    n_iter = _checks.positive_int(n_iter, "n_iter", 0, floats=True)
     v = v / torch.linalg.vector_norm(v)
     out = [v]
     for _ in range(n_iter):
@@ -276,16 +256,16 @@ def gradient_descent(mu0, t, *, lr: float, n_steps: int, mu_star=None, x0: torch
     descends the empirical :func:`dsm_loss` on that sample, drawing fresh noise at every step (``generator``).
     The gradient scales like :math:`\alpha^4` at large t; choose ``lr`` accordingly (e.g. :math:`\eta/\alpha^4`).
     """
-    sde = _sde(sde)
+    sde = _checks.sde_or_default(sde)
     mu = _vector("mu0", mu0).detach().to(torch.float64).clone()
     lr = float(lr)
     if not math.isfinite(lr) or lr <= 0:
         raise ValueError(f"lr must be a positive number, got {lr}")
-    n_steps = _positive_int("n_steps", n_steps, 0)
+    n_steps = _checks.positive_int(n_steps, "n_steps", 0, floats=True)
     if (mu_star is None) == (x0 is None):
         raise ValueError("give exactly one of mu_star (population objective) and x0 (empirical DSM objective)")
     if x0 is not None:
-        x0 = _points("x0", x0, mu.shape[0])
+        x0 = _checks.points(x0, "x0", mu.shape[0])
     else:
         mu_star = _vector("mu_star", mu_star, mu.shape[0], nonzero=True)
     _one_time(sde, t)

@@ -56,7 +56,8 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from .sde import VPSDE, ConstantVP, _column, as_time
+from . import _checks
+from .sde import VPSDE, as_time
 from .spins import MAX_ENUMERATION, SpinModel
 
 __all__ = ["IsingModel", "MessagePassingResNet", "CORRECTIONS", "MAX_SPINS", "random_couplings"]
@@ -129,9 +130,7 @@ class IsingModel(SpinModel):
         super().__init__(A.shape[0], 1.0)
         self.A = A
         self.J = 2 * (A - torch.diag(torch.diagonal(A)))
-        self.sde = ConstantVP() if sde is None else sde
-        if not isinstance(self.sde, VPSDE):
-            raise TypeError(f"sde must be a VPSDE, got {type(self.sde).__name__}")
+        self.sde = _checks.sde_or_default(sde)
 
     @property
     def dim(self) -> int:
@@ -160,7 +159,7 @@ class IsingModel(SpinModel):
     def _field(self, x, t) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x = self._check_field(x, "x")
         t = self.sde.check_time(t)
-        t = _column(as_time(t, like=x), x.shape[0])
+        t = _checks.time_column(as_time(t, like=x), x.shape[0])
         a, h = self.sde.alpha(t), self.sde.h(t)
         return a / h * x, a, h
 
@@ -180,7 +179,7 @@ class IsingModel(SpinModel):
         enumeration (the brute-force mixture of :math:`2^D` Gaussians)."""
         x = self._check_field(x, "x")
         t = self.sde.check_time(t)
-        t = _column(as_time(t, like=x), x.shape[0])
+        t = _checks.time_column(as_time(t, like=x), x.shape[0])
         a, h = self.sde.alpha(t), self.sde.h(t)
         configs, log_w = self._enumerate()
         log_p = log_w - torch.logsumexp(log_w, 0)
@@ -270,14 +269,9 @@ class MessagePassingResNet(torch.nn.Module):
 
     def __init__(self, D: int, n_layers: int, sde: VPSDE | None = None, generator: torch.Generator | None = None):
         super().__init__()
-        if isinstance(D, bool) or int(D) != D or D < 1:
-            raise ValueError(f"D must be a positive integer, got {D!r}")
-        if isinstance(n_layers, bool) or int(n_layers) != n_layers or n_layers < 1:
-            raise ValueError(f"n_layers must be a positive integer, got {n_layers!r}")
+        _checks.sizes(D=D, n_layers=n_layers)
         self.D, self.n_layers = int(D), int(n_layers)
-        self.sde = ConstantVP() if sde is None else sde
-        if not isinstance(self.sde, VPSDE):
-            raise TypeError(f"sde must be a VPSDE, got {type(self.sde).__name__}")
+        self.sde = _checks.sde_or_default(sde)
         D = self.D
         scale = 0.1 / math.sqrt(2 * D)
         self.W2 = torch.nn.Parameter(scale * torch.randn(n_layers, 3 * D, 2 * D, generator=generator,
@@ -314,10 +308,9 @@ class MessagePassingResNet(torch.nn.Module):
     def magnetisation(self, x, t) -> torch.Tensor:
         r"""The m-part of the final state, :math:`m^L` (n, D): the network's estimate of
         :math:`\mathbb E[\sigma\mid x]`."""
-        if not isinstance(x, torch.Tensor) or x.ndim != 2 or x.shape[1] != self.D:
-            raise ValueError(f"x must be a tensor of shape (n, {self.D}), got {getattr(x, 'shape', type(x))}")
+        x = _checks.points(x, "x", self.D)
         t = self.sde.check_time(t)
-        t = _column(as_time(t, like=x), x.shape[0])
+        t = _checks.time_column(as_time(t, like=x), x.shape[0])
         a, h = self.sde.alpha(t), self.sde.h(t)
         D = self.D
         u = torch.cat([torch.zeros_like(x), a / h * x], 1)
@@ -330,6 +323,6 @@ class MessagePassingResNet(torch.nn.Module):
     def forward(self, x, t) -> torch.Tensor:
         """The score ``(alpha m^L - x)/h`` (n, D)."""
         m = self.magnetisation(x, t)
-        t = _column(as_time(self.sde.check_time(t), like=x), x.shape[0])
+        t = _checks.time_column(as_time(self.sde.check_time(t), like=x), x.shape[0])
         return (self.sde.alpha(t) * m - x) / self.sde.h(t)
 

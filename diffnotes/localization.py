@@ -71,6 +71,7 @@ from collections.abc import Callable
 
 import torch
 
+from . import _checks
 from .sde import VPSDE, ConstantVP, as_time
 from .targets import GaussianMixture
 
@@ -96,13 +97,6 @@ _LONG_HORIZON = 700.0
 
 
 # -- the time change ------------------------------------------------------------------------------------------
-def _sde(sde) -> VPSDE:
-    sde = ConstantVP() if sde is None else sde
-    if not isinstance(sde, VPSDE):
-        raise TypeError(f"sde must be a VPSDE, got {type(sde).__name__}")
-    return sde
-
-
 def _positive_times(t, name="t") -> torch.Tensor:
     t = as_time(t).to(torch.float64)
     if not torch.all(torch.isfinite(t)) or not torch.all(t > 0):
@@ -117,7 +111,7 @@ def sl_time(t, sde: VPSDE | None = None) -> torch.Tensor:
     ``t > 0`` may exceed the horizon of ``sde`` (only the schedule is used).  For :class:`~diffnotes.sde.ConstantVP`
     with :math:`g = 1`, :math:`s = 1/(e^t - 1)`.  :cite:p:`montanari2023sampling`.
     """
-    return torch.exp(_sde(sde).log_snr(_positive_times(t)))
+    return torch.exp(_checks.sde_or_default(sde).log_snr(_positive_times(t)))
 
 
 def ou_time(s, sde: VPSDE | None = None) -> torch.Tensor:
@@ -130,29 +124,14 @@ def ou_time(s, sde: VPSDE | None = None) -> torch.Tensor:
     if not torch.all(torch.isfinite(s)) or not torch.all(s > 0):
         raise ValueError(f"s must be finite and > 0 (s = 0 is the OU time t = infinity), got values in "
                          f"[{float(s.min()):g}, {float(s.max()):g}]")
-    return _sde(sde).time_of_log_snr(torch.log(s))
+    return _checks.sde_or_default(sde).time_of_log_snr(torch.log(s))
 
 
 def sl_scale(t, sde: VPSDE | None = None) -> torch.Tensor:
     r"""The scale :math:`c(t) = \alpha(t)/h(t) = \sqrt{s/h}` with :math:`Y_s = c(t)\,X_t`."""
-    sde = _sde(sde)
+    sde = _checks.sde_or_default(sde)
     t = _positive_times(t)
     return sde.alpha(t) / sde.h(t)
-
-
-def _rows(v: torch.Tensor, n: int, name: str) -> torch.Tensor:
-    """A scalar or per-row tensor as a column (n, 1)."""
-    if v.ndim == 0:
-        return v.reshape(1, 1)
-    if v.ndim == 1 and v.shape[0] == n:
-        return v.reshape(n, 1)
-    raise ValueError(f"{name} must be a scalar or have one entry per row ({n}), got shape {tuple(v.shape)}")
-
-
-def _points(x, name: str) -> torch.Tensor:
-    if not isinstance(x, torch.Tensor) or x.ndim != 2 or not x.is_floating_point():
-        raise ValueError(f"{name} must be a floating tensor of shape (n, D), got {getattr(x, 'shape', type(x))}")
-    return x
 
 
 def ou_to_sl(x: torch.Tensor, t, sde: VPSDE | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -160,16 +139,16 @@ def ou_to_sl(x: torch.Tensor, t, sde: VPSDE | None = None) -> tuple[torch.Tensor
 
     ``t`` is one time or one per row.  Returns ``(y, s)`` with ``s`` shaped like ``t``.
     """
-    x = _points(x, "x")
+    x = _checks.points(x, "x")
     s = sl_time(t, sde)
-    return _rows(sl_scale(t, sde), x.shape[0], "t").to(x) * x, s
+    return _checks.time_column(sl_scale(t, sde), x.shape[0], "t").to(x) * x, s
 
 
 def sl_to_ou(y: torch.Tensor, s, sde: VPSDE | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Map SL coordinates :math:`(y, s)`, s > 0, to OU coordinates :math:`(x, t) = (y/c(t),\ t(s))`."""
-    y = _points(y, "y")
+    y = _checks.points(y, "y")
     t = ou_time(s, sde)
-    return y / _rows(sl_scale(t, sde), y.shape[0], "s").to(y), t
+    return y / _checks.time_column(sl_scale(t, sde), y.shape[0], "s").to(y), t
 
 
 def _check_path(path, name) -> torch.Tensor:
@@ -260,14 +239,14 @@ def posterior_mean_from_score(score: Callable, sde: VPSDE | None = None, prior_m
     """
     if not callable(score):
         raise TypeError("score must be a callable score(x, t)")
-    sde = _sde(sde)
+    sde = _checks.sde_or_default(sde)
     if prior_mean is not None:
         prior_mean = torch.as_tensor(prior_mean, dtype=torch.float64)
         if prior_mean.ndim != 1:
             raise ValueError(f"prior_mean must be a vector (D,), got shape {tuple(prior_mean.shape)}")
 
     def posterior_mean(y: torch.Tensor, s) -> torch.Tensor:
-        y = _points(y, "y")
+        y = _checks.points(y, "y")
         n = y.shape[0]
         s = as_time(s).to(torch.float64)
         s = s.expand(n) if s.ndim == 0 else s
@@ -395,7 +374,7 @@ def stochastic_localization(posterior_mean: PosteriorMean, y, s_grid, *, generat
         raise ValueError(f"method must be 'euler' or 'heun', got {method!r}")
     s_grid = _check_grid(s_grid)
     if isinstance(y, torch.Tensor):
-        y = _points(y, "the start y").clone()
+        y = _checks.points(y, "the start y").clone()
         if s_grid[0] == 0 and torch.any(y != 0):
             raise ValueError("at s = 0 the localization process starts at Y_0 = 0; pass a shape (n, D) or zeros")
     else:

@@ -70,19 +70,14 @@ import scipy.special
 import scipy.stats
 import torch
 
-from .sde import VPSDE, ConstantVP, _column, as_time
+from . import _checks
+from .sde import VPSDE, as_time
 
 __all__ = ["Circle", "angular_w1"]
 
 _LOG_2PI = math.log(2 * math.pi)
 #: Rows processed at once by the quadrature (an (rows, n_nodes) float64 block: 32 MB at 8192 x 512).
 _BLOCK = 8192
-
-
-def _positive_int(value, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
 
 
 class Circle:
@@ -115,32 +110,19 @@ class Circle:
         if not math.isfinite(radius) or radius <= 0:
             raise ValueError(f"radius must be a positive finite number, got {radius}")
         self.radius = radius
-        self.n_nodes = _positive_int(n_nodes, "n_nodes", 8)
-        self.sde = sde if sde is not None else ConstantVP()
-        if not isinstance(self.sde, VPSDE):
-            raise TypeError(f"sde must be a VPSDE, got {type(self.sde).__name__}")
+        self.n_nodes = _checks.positive_int(n_nodes, "n_nodes", 8)
+        self.sde = _checks.sde_or_default(sde)
         theta = 2 * math.pi * torch.arange(self.n_nodes, dtype=torch.float64) / self.n_nodes
         #: The quadrature nodes :math:`u(\theta_j)` on the unit circle, shape (N, 2).
         self.nodes = torch.stack([torch.cos(theta), torch.sin(theta)], dim=1)
 
     # -- validation ------------------------------------------------------------------------------------
     def _check_x(self, x) -> torch.Tensor:
-        if not isinstance(x, torch.Tensor):
-            try:
-                x = torch.as_tensor(np.asarray(x, dtype=np.float64))
-            except (TypeError, ValueError) as err:
-                raise TypeError(f"x must be an array of numbers of shape (n, 2), got {type(x).__name__}") from err
-        if not x.is_floating_point():
-            x = x.to(torch.float64)
-        if x.ndim != 2 or x.shape[1] != 2:
-            raise ValueError(f"x must have shape (n, 2), got {tuple(x.shape)}")
-        if not torch.all(torch.isfinite(x)):
-            raise ValueError("x contains NaN or infinite values")
-        return x
+        return _checks.points(x, "x", 2)
 
     def _coefficients(self, x, t):
         t = self.sde.check_time(t)
-        t = _column(as_time(t, like=x), x.shape[0])
+        t = _checks.time_column(as_time(t, like=x), x.shape[0])
         return self.sde.alpha(t), self.sde.h(t)
 
     def _scalar_time(self, t) -> tuple[float, float]:
@@ -255,7 +237,7 @@ class Circle:
     # -- sampling ------------------------------------------------------------------------------------------
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         r"""Draw n points :math:`r\,u(\Theta)`, :math:`\Theta \sim \mathrm{Unif}[0, 2\pi)`: shape (n, 2), float64."""
-        n = _positive_int(n, "n", 1)
+        n = _checks.positive_int(n, "n", 1)
         theta = 2 * math.pi * torch.rand(n, generator=generator, dtype=torch.float64)
         return self.radius * torch.stack([torch.cos(theta), torch.sin(theta)], dim=1)
 
@@ -359,7 +341,7 @@ class Circle:
         :cite:p:`flamary2021pot`.
         """
         x = self._check_x(x).detach().cpu().numpy().astype(np.float64)
-        m = _positive_int(n_grid, "n_grid", 8)
+        m = _checks.positive_int(n_grid, "n_grid", 8)
         theta = 2 * np.pi * (np.arange(m) + 0.5) / m
         grid = self.radius * np.stack([np.cos(theta), np.sin(theta)], axis=1)
         cost = ot.dist(x, grid, metric="euclidean")

@@ -46,6 +46,8 @@ import scipy.spatial
 import scipy.special
 import scipy.stats
 
+from . import _checks
+
 __all__ = [
     "gaussian_kl",
     "gaussian_w2",
@@ -115,14 +117,6 @@ def _as_1d_sample(x, name: str) -> np.ndarray:
     if arr.shape[1] != 1:
         raise ValueError(f"{name} must be a sample in dimension 1, shaped (n,) or (n, 1); got shape {arr.shape}")
     return arr[:, 0]
-
-
-def _positive_int(k, name: str, minimum: int = 1) -> int:
-    if isinstance(k, bool) or not isinstance(k, numbers.Integral):
-        raise TypeError(f"{name} must be an integer, got {k!r}")
-    if k < minimum:
-        raise ValueError(f"{name} must be at least {minimum}, got {k}")
-    return int(k)
 
 
 def _gaussian(m, S, name: str, definite: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -488,7 +482,7 @@ def sliced_wasserstein(x, y, n_projections: int = 200, rng=None, p: float = 2) -
         The sliced distance (the :math:`p`-th root taken).
     """
     x, y = _two_samples(x, y)
-    n_projections = _positive_int(n_projections, "n_projections")
+    n_projections = _checks.positive_int(n_projections, "n_projections", error=TypeError)
     p = float(p)
     if not (math.isfinite(p) and p >= 1):
         raise ValueError(f"the order p must be a finite number >= 1, got {p}")
@@ -661,7 +655,7 @@ def tv_histogram(x, y, bins: int = 50, range=None) -> float:
     dim = x.shape[1]
     if dim > 2:
         raise ValueError(f"tv_histogram works in dimension 1 or 2 (a histogram needs bins^D cells); got D = {dim}")
-    bins = _positive_int(bins, "bins")
+    bins = _checks.positive_int(bins, "bins", error=TypeError)
     density = callable(y)
     if not density:
         y = _as_samples(y, "y")
@@ -718,7 +712,7 @@ def kl_entropy(x, k: int = 1) -> float:
         If :math:`n \le k`, or if some point has its :math:`k`-th neighbour at distance zero (duplicate points: the
         estimator needs a sample from a continuous law; remove duplicates or add a tiny jitter).
     """
-    k = _positive_int(k, "k")
+    k = _checks.positive_int(k, "k", error=TypeError)
     x = _as_samples(x, "x", min_n=k + 1)
     n, dim = x.shape
     dist, _ = scipy.spatial.cKDTree(x).query(x, k=k + 1)  # column 0 is the point itself
@@ -783,8 +777,8 @@ def noise_floor(metric: Callable, sample: Callable, n: int, repeats: int = 10, r
     """
     if not callable(metric) or not callable(sample):
         raise TypeError("metric and sample must be callables: metric(a, b) -> float and sample(n, rng) -> samples")
-    n = _positive_int(n, "n", minimum=2)
-    repeats = _positive_int(repeats, "repeats", minimum=2)
+    n = _checks.positive_int(n, "n", 2, error=TypeError)
+    repeats = _checks.positive_int(repeats, "repeats", 2, error=TypeError)
     gen = np.random.default_rng(rng)
     values = []
     for _ in range(repeats):
@@ -814,7 +808,7 @@ def energy_permutation_test(x, y, n_permutations: int = 200, rng=None) -> Permut
     the cost is one :math:`(n_x+n_y)^2` matrix and one matrix product.  :cite:p:`szekely2013energy`.
     """
     x, y = _two_samples(x, y, min_n=2)
-    n_permutations = _positive_int(n_permutations, "n_permutations")
+    n_permutations = _checks.positive_int(n_permutations, "n_permutations", error=TypeError)
     rng = np.random.default_rng(rng)
     pooled = np.concatenate([x, y])
     m, n = len(x), len(y)

@@ -40,7 +40,8 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from .sde import VPSDE, ConstantVP, _column, as_time
+from . import _checks
+from .sde import VPSDE, as_time
 
 __all__ = ["MAX_ENUMERATION", "all_configurations", "SpinModel", "CurieWeiss", "SherringtonKirkpatrick"]
 
@@ -123,12 +124,7 @@ class SpinModel:
         return sigma
 
     def _check_field(self, y, name: str = "the field y") -> torch.Tensor:
-        if not isinstance(y, torch.Tensor) or y.ndim != 2 or y.shape[1] != self.N or not y.is_floating_point():
-            raise ValueError(f"{name} must be a floating tensor of shape (n, {self.N}), got "
-                             f"{getattr(y, 'shape', type(y))}")
-        if not torch.all(torch.isfinite(y)):
-            raise ValueError(f"{name} must be finite")
-        return y.to(torch.float64)
+        return _checks.points(y, name, self.N).to(torch.float64)
 
     # -- exact computations by enumeration ------------------------------------------------------------------
     def _enumerate(self):
@@ -201,15 +197,13 @@ class SpinModel:
         With ``method="exact"`` this is the exact score (by enumeration); ``"mean_field"`` / ``"tap"`` give the
         score a mean-field denoiser implies.  ``sde`` defaults to :class:`~diffnotes.sde.ConstantVP`.
         """
-        sde = ConstantVP() if sde is None else sde
-        if not isinstance(sde, VPSDE):
-            raise TypeError(f"sde must be a VPSDE, got {type(sde).__name__}")
+        sde = _checks.sde_or_default(sde)
         m = self.posterior_mean(method, **options)
 
         def score(x, t):
             x = self._check_field(x)
             t = sde.check_time(t)
-            t = _column(as_time(t, like=x), x.shape[0])
+            t = _checks.time_column(as_time(t, like=x), x.shape[0])
             a, h = sde.alpha(t), sde.h(t)
             return (a * m(a / h * x, None) - x) / h
 

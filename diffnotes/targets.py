@@ -27,7 +27,8 @@ import math
 import numpy as np
 import torch
 
-from .sde import VPSDE, ConstantVP, _column, as_time
+from . import _checks
+from .sde import VPSDE, as_time
 
 __all__ = ["GaussianMixture", "Gaussian", "SubspaceMixture", "ring_mixture", "orthonormal_basis"]
 
@@ -107,9 +108,7 @@ class GaussianMixture:
         self.weights, self.means, self.covs = weights, means, covs
         self._evals, self._evecs = evals, evecs
         self.labels = labels
-        self.sde = sde if sde is not None else ConstantVP()
-        if not isinstance(self.sde, VPSDE):
-            raise TypeError(f"sde must be a VPSDE, got {type(self.sde).__name__}")
+        self.sde = _checks.sde_or_default(sde)
 
     # -- sizes ---------------------------------------------------------------------------------------
     @property
@@ -129,11 +128,7 @@ class GaussianMixture:
 
     # -- the diffused law ------------------------------------------------------------------------------
     def _check_x(self, x) -> torch.Tensor:
-        if not isinstance(x, torch.Tensor):
-            x = torch.as_tensor(np.asarray(x, dtype=np.float64))
-        if x.ndim != 2 or x.shape[1] != self.dim:
-            raise ValueError(f"x must have shape (n, {self.dim}), got {tuple(x.shape)}")
-        return x
+        return _checks.points(x, "x", self.dim)
 
     def _log_joint(self, x, a, h):
         """log pi_k + log N(x; a mu_k, a^2 Sigma_k + h I) for every row and component, and the whitened residuals."""
@@ -147,7 +142,7 @@ class GaussianMixture:
 
     def _coefficients(self, x, t):
         t = self.sde.check_time(t)
-        t = _column(as_time(t, like=x), x.shape[0])
+        t = _checks.time_column(as_time(t, like=x), x.shape[0])
         return self.sde.alpha(t), self.sde.h(t)
 
     def log_prob(self, x, t) -> torch.Tensor:
