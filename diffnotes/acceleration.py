@@ -28,10 +28,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._checks import positive_int, sample, sde_or_default
 from .losses import _reduce
 from .networks import _mlp
 from .samplers import _check_times, exponential_multistep
-from .sde import VPSDE, ConstantVP, as_time
+from .sde import VPSDE, as_time
 from .targets import GaussianMixture, SubspaceMixture
 from .training import TrainResult, train
 
@@ -57,21 +58,9 @@ __all__ = [
 
 
 # -- validation ------------------------------------------------------------------------------------------------------
-def _matrix(x, name: str) -> torch.Tensor:
-    if isinstance(x, np.ndarray):
-        x = torch.as_tensor(x, dtype=torch.float64)
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a tensor of shape (n, D), got {type(x).__name__}")
-    if x.ndim != 2 or x.shape[0] < 1 or x.shape[1] < 1:
-        raise ValueError(f"{name} must have shape (n, D) with n, D >= 1, got {tuple(x.shape)}")
-    if not x.is_floating_point():
-        raise TypeError(f"{name} must be a floating tensor, got dtype {x.dtype}")
-    return x
-
-
 def _start(x, generator, dim: int | None = None) -> torch.Tensor:
     if isinstance(x, torch.Tensor):
-        x = _matrix(x, "the start x")
+        x = sample(x, "the start x")
         out = x.clone()
     else:
         try:
@@ -84,19 +73,6 @@ def _start(x, generator, dim: int | None = None) -> torch.Tensor:
     if dim is not None and out.shape[1] != dim:
         raise ValueError(f"the start must have {dim} columns, got {out.shape[1]}")
     return out
-
-
-def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    return int(value)
-
-
-def _sde(sde) -> VPSDE:
-    sde = sde if sde is not None else ConstantVP()
-    if not isinstance(sde, VPSDE):
-        raise TypeError(f"sde must be a VPSDE, got {type(sde).__name__}")
-    return sde
 
 
 def _call(model, x, *args) -> torch.Tensor:
@@ -126,7 +102,7 @@ def interpolant(x0: torch.Tensor, z: torch.Tensor, s) -> torch.Tensor:
 
     Its velocity :math:`\mathrm dx_s/\mathrm ds = z - x_0` is constant along each pair.  :cite:p:`liu2023flow`.
     """
-    x0, z = _matrix(x0, "x0"), _matrix(z, "z")
+    x0, z = sample(x0, "x0"), sample(z, "z")
     if x0.shape != z.shape:
         raise ValueError(f"x0 and z must have the same shape, got {tuple(x0.shape)} and {tuple(z.shape)}")
     s = _flow_times(s, x0.shape[0], x0)[:, None]
@@ -164,11 +140,11 @@ def rectified_flow_loss(model: Callable, x0: torch.Tensor, z: torch.Tensor | Non
     reduction : {"mean", "none"}
         Batch mean, or the per-sample terms.
     """
-    x0 = _matrix(x0, "x0")
+    x0 = sample(x0, "x0")
     n = x0.shape[0]
     if z is None:
         z = torch.randn(x0.shape, generator=generator, dtype=x0.dtype)
-    z = _matrix(z, "z").to(x0)
+    z = sample(z, "z").to(x0)
     if z.shape != x0.shape:
         raise ValueError(f"z must be shaped like x0 {tuple(x0.shape)}, got {tuple(z.shape)}")
     if s is None:
@@ -228,7 +204,7 @@ def exact_velocity(target: GaussianMixture) -> Callable:
 
 def flow_grid(n_steps: int, s_end: float = 0.0) -> torch.Tensor:
     """A uniform decreasing grid of ``n_steps + 1`` interpolation times from 1 down to ``s_end`` (in [0, 1))."""
-    n_steps = _positive_int("n_steps", n_steps)
+    n_steps = positive_int(n_steps, "n_steps")
     s_end = float(s_end)
     if not 0 <= s_end < 1:
         raise ValueError(f"s_end must lie in [0, 1), got {s_end}")
@@ -295,7 +271,7 @@ def reflow_pairs(velocity: Callable, z: torch.Tensor, times=100) -> tuple[torch.
     steps).  Fitting :func:`rectified_flow_loss` to these pairs (pass both tensors as data) gives the rectified flow
     of the coupling, whose paths are straighter, so fewer Euler steps are needed :cite:p:`liu2023flow`.
     """
-    z = _matrix(z, "z")
+    z = sample(z, "z")
     return flow_euler(velocity, z, times), z.clone()
 
 
@@ -309,12 +285,12 @@ def teacher_pairs(score: Callable, z: torch.Tensor, times, *, sde: VPSDE | None 
     of :func:`fit_student` then learns the map in one evaluation: knowledge distillation of the sampler
     :cite:p:`salimans2022progressive`.  Returns ``(z, x)``.
     """
-    z = _matrix(z, "z")
+    z = sample(z, "z")
     if not callable(sampler):
         raise TypeError("sampler must be one of the samplers of diffnotes.samplers")
     if "generator" in options or "noise" in options:
         raise TypeError("the teacher must be deterministic: do not pass generator or noise")
-    x = sampler(score, z, times, sde=_sde(sde), **options)
+    x = sampler(score, z, times, sde=sde_or_default(sde), **options)
     return z.clone(), x
 
 
@@ -324,7 +300,7 @@ def distillation_loss(student: Callable, z: torch.Tensor, x: torch.Tensor, *, ge
 
     ``generator`` is accepted (and unused) so the loss plugs into :func:`~diffnotes.training.train`.
     """
-    z, x = _matrix(z, "z"), _matrix(x, "x")
+    z, x = sample(z, "z"), sample(x, "x")
     if z.shape != x.shape:
         raise ValueError(f"z and x must have the same shape, got {tuple(z.shape)} and {tuple(x.shape)}")
     return _reduce(((_call(student, z) - x) ** 2).sum(dim=1), reduction)
@@ -335,12 +311,12 @@ class StudentMLP(nn.Module):
 
     def __init__(self, dim: int, hidden: int = 64, depth: int = 2):
         super().__init__()
-        dim, hidden, depth = (_positive_int(k, v) for k, v in (("dim", dim), ("hidden", hidden), ("depth", depth)))
+        dim, hidden, depth = (positive_int(v, k) for k, v in (("dim", dim), ("hidden", hidden), ("depth", depth)))
         self.dim, self.net = dim, _mlp(dim, hidden, depth, dim)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """G(z) for z of shape (n, dim), in the dtype of z."""
-        z = _matrix(z, "z")
+        z = sample(z, "z")
         if z.shape[1] != self.dim:
             raise ValueError(f"z must have {self.dim} columns, got {z.shape[1]}")
         p = next(self.parameters())
@@ -350,7 +326,7 @@ class StudentMLP(nn.Module):
 def fit_student(student: nn.Module, z: torch.Tensor, x: torch.Tensor, *, steps: int, **train_options) -> TrainResult:
     """Fit a student ``G`` to teacher pairs ``(z, x)`` with :func:`distillation_loss` and
     :func:`~diffnotes.training.train` (its options, e.g. ``lr``, ``batch_size``, ``generator``, ``progress``)."""
-    z, x = _matrix(z, "z"), _matrix(x, "x")
+    z, x = sample(z, "z"), sample(x, "x")
     if z.shape != x.shape:
         raise ValueError(f"z and x must have the same shape, got {tuple(z.shape)} and {tuple(x.shape)}")
     return train(student, distillation_loss, (z, x), steps=steps, **train_options)
@@ -390,7 +366,7 @@ class ConsistencyModel(nn.Module):
         super().__init__()
         if not callable(net):
             raise TypeError("net must be a callable F(x, t)")
-        self.sde = _sde(sde)
+        self.sde = sde_or_default(sde)
         t0, sigma_data = float(t0), float(sigma_data)
         if not 0 < t0 < self.sde.T:
             raise ValueError(f"t0 must lie in (0, T) = (0, {self.sde.T:g}), got {t0}")
@@ -415,7 +391,7 @@ class ConsistencyModel(nn.Module):
 
     def forward(self, x: torch.Tensor, t) -> torch.Tensor:
         """f(x, t) for x (n, D) and t one time or one per row, in [t0, T]."""
-        x = _matrix(x, "x")
+        x = sample(x, "x")
         t = as_time(t).to(torch.float64)  # a Python float stays exact
         t = t.expand(x.shape[0]) if t.ndim == 0 else t
         c_skip, c_out = self.coefficients(t)
@@ -476,12 +452,12 @@ def consistency_distillation_loss(model: ConsistencyModel, x0: torch.Tensor, *, 
     """
     if not isinstance(model, ConsistencyModel):
         raise TypeError(f"model must be a ConsistencyModel, got {type(model).__name__}")
-    x0 = _matrix(x0, "x0")
+    x0 = sample(x0, "x0")
     grid = torch.sort(as_time(times).to(torch.float64).reshape(-1)).values
     _check_times(torch.flip(grid, [0]), model.sde)
     if abs(float(grid[0]) - model.t0) > 1e-12 * max(1.0, model.t0):
         raise ValueError(f"the grid must start at the model's t0 = {model.t0:g}, got {float(grid[0]):g}")
-    substeps = _positive_int("teacher_substeps", teacher_substeps)
+    substeps = positive_int(teacher_substeps, "teacher_substeps")
     n = x0.shape[0]
     k = torch.randint(0, grid.numel() - 1, (n,), generator=generator)
     t_hi, t_lo = grid[k + 1], grid[k]
@@ -554,14 +530,14 @@ class PCAEncoder:
 
     def encode(self, x) -> torch.Tensor:
         """Codes :math:`V^\\top(x - \\mu)`, shape (n, k)."""
-        x = _matrix(x, "x")
+        x = sample(x, "x")
         if x.shape[1] != self.dim:
             raise ValueError(f"x must have {self.dim} columns, got {x.shape[1]}")
         return (x - self.mean.to(x)) @ self.components.to(x)
 
     def decode(self, z) -> torch.Tensor:
         r"""Points :math:`\mu + Vz`, shape (n, D)."""
-        z = _matrix(z, "z")
+        z = sample(z, "z")
         if z.shape[1] != self.latent_dim:
             raise ValueError(f"z must have {self.latent_dim} columns, got {z.shape[1]}")
         return self.mean.to(z) + z @ self.components.to(z).T
@@ -573,8 +549,8 @@ class PCAEncoder:
 def fit_pca(x, k: int) -> PCAEncoder:
     """The PCA encoder of the top-k principal directions of the sample x (n, D): the sample mean and the leading
     right singular vectors of the centred data."""
-    x = _matrix(x, "x").to(torch.float64)
-    k = _positive_int("k", k)
+    x = sample(x, "x").to(torch.float64)
+    k = positive_int(k, "k")
     if k > x.shape[1]:
         raise ValueError(f"k = {k} cannot exceed the dimension D = {x.shape[1]}")
     mean = x.mean(0)
@@ -619,6 +595,6 @@ def latent_sample(encoder: PCAEncoder, latent_score: Callable, x, times, *, samp
     if not isinstance(encoder, PCAEncoder):
         raise TypeError(f"encoder must be a PCAEncoder, got {type(encoder).__name__}")
     z = _start(x, generator, encoder.latent_dim)
-    out = sampler(latent_score, z, times, sde=_sde(sde), generator=generator, **options)
+    out = sampler(latent_score, z, times, sde=sde_or_default(sde), generator=generator, **options)
     return encoder.decode(out)
 

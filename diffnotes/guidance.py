@@ -34,8 +34,9 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from .losses import _data, _interval, _reduce, _sde, _times_and_noise
-from .networks import SinusoidalEmbedding, _check_sizes, _check_x, _labels, _mlp, _param_like, _rows
+from . import _checks
+from .losses import _interval, _reduce, _times_and_noise
+from .networks import SinusoidalEmbedding, _mlp, _param_like
 from .sde import VPSDE
 
 __all__ = [
@@ -102,7 +103,7 @@ def _select(log_probs: torch.Tensor, y: torch.Tensor, n: int) -> torch.Tensor:
         raise ValueError(f"the classifier must return (n, C) = ({n}, C) log-probabilities, got "
                          f"{getattr(log_probs, 'shape', type(log_probs))}")
     C = log_probs.shape[1]
-    rows = _labels(y, n, device=log_probs.device)
+    rows = _checks.labels(y, n, device=log_probs.device)
     if torch.any(rows >= C):
         raise ValueError(f"class labels must lie in 0..{C - 1} for this classifier, got {sorted(set(rows.tolist()))}")
     return log_probs.gather(1, rows[:, None]).squeeze(1)
@@ -155,8 +156,8 @@ def classifier_guidance(score: Callable, log_classifier: Callable, y, eta=0.0, *
     y = _check_label_values(y, n_classes)
 
     def guided(x: torch.Tensor, t) -> torch.Tensor:
-        x = _check_x(x)
-        t_rows = _rows(t, x.shape[0], x)
+        x = _checks.points(x, "x")
+        t_rows = _checks.time_rows(t, x.shape[0], x)
         grad = _guidance_gradient(log_classifier, y, x, t_rows)
         return score(x, t_rows) + (1 + _strength_column(eta, t_rows)) * grad
 
@@ -183,10 +184,10 @@ class NullExtendedScore:
         self.n_classes = int(n_classes) if n_classes is not None else None
 
     def __call__(self, x: torch.Tensor, y, t) -> torch.Tensor:
-        x = _check_x(x)
+        x = _checks.points(x, "x")
         n = x.shape[0]
-        y = _labels(y, n, device=x.device)
-        t_rows = _rows(t, n, x)
+        y = _checks.labels(y, n, device=x.device)
+        t_rows = _checks.time_rows(t, n, x)
         null = y == self.null_label
         out = torch.empty_like(x)
         if torch.any(null):
@@ -259,10 +260,10 @@ def classifier_free_guidance(cond_score: Callable, y, eta=0.0, null_label: int |
     y = _check_label_values(y, n_classes, null_label)
 
     def guided(x: torch.Tensor, t) -> torch.Tensor:
-        x = _check_x(x)
+        x = _checks.points(x, "x")
         n = x.shape[0]
-        t_rows = _rows(t, n, x)
-        yr = _labels(y, n, device=x.device)
+        t_rows = _checks.time_rows(t, n, x)
+        yr = _checks.labels(y, n, device=x.device)
         w = _strength_column(eta, t_rows)
         cond = cond_score(x, yr, t_rows)
         if not callable(eta) and eta == 0:
@@ -313,15 +314,15 @@ def universal_guidance(score: Callable, log_likelihood_x0: Callable, sde: VPSDE 
     """
     if not callable(score) or not callable(log_likelihood_x0):
         raise TypeError("score must be a callable (x, t) and log_likelihood_x0 a callable (x0)")
-    sde = _sde(sde)
+    sde = _checks.sde_or_default(sde)
     strength = _check_strength(strength, "strength")
     if y is not None:
         y = _check_label_values(y, getattr(log_likelihood_x0, "n_classes", None))
 
     def guided(x: torch.Tensor, t) -> torch.Tensor:
-        x = _check_x(x)
+        x = _checks.points(x, "x")
         n = x.shape[0]
-        t_rows = sde.check_time(_rows(t, n, x)).to(x)
+        t_rows = sde.check_time(_checks.time_rows(t, n, x)).to(x)
         with torch.enable_grad():
             xr = x.detach().requires_grad_(True)
             s = score(xr, t_rows)
@@ -361,7 +362,7 @@ def clean_log_classifier(target) -> Callable:
     onehot = torch.nn.functional.one_hot(labels, n_classes).bool()
 
     def log_classifier(x: torch.Tensor) -> torch.Tensor:
-        x = _check_x(x, means.shape[1])
+        x = _checks.points(x, "x", means.shape[1])
         comp = torch.distributions.MultivariateNormal(means.to(x), covariance_matrix=covs.to(x))
         lj = torch.log(weights.to(x))[None] + comp.log_prob(x[:, None, :])  # (n, K)
         mask = onehot.to(x.device)[None]  # (1, K, C)
@@ -399,17 +400,17 @@ class NoisyClassifier(nn.Module):
     def __init__(self, dim: int, n_classes: int, hidden: int = 64, depth: int = 2, time_embedding: str = "log",
                  embedding_dim: int = 32):
         super().__init__()
-        _check_sizes(dim=dim, n_classes=n_classes, hidden=hidden, depth=depth)
+        _checks.sizes(dim=dim, n_classes=n_classes, hidden=hidden, depth=depth)
         self.dim, self.n_classes = int(dim), int(n_classes)
         self.embedding = SinusoidalEmbedding(embedding_dim, time_embedding)
         self.net = _mlp(self.dim + self.embedding.n_features, int(hidden), int(depth), self.n_classes)
 
     def forward(self, x: torch.Tensor, t) -> torch.Tensor:
         """Log-probabilities (n, C) of the classes given x (n, D) at times t (a float or (n,))."""
-        x = _check_x(x, self.dim)
+        x = _checks.points(x, "x", self.dim)
         p = _param_like(self)
         xp = x.to(dtype=p.dtype, device=p.device)
-        logits = self.net(torch.cat([xp, self.embedding(_rows(t, x.shape[0], xp))], dim=1))
+        logits = self.net(torch.cat([xp, self.embedding(_checks.time_rows(t, x.shape[0], xp))], dim=1))
         return torch.log_softmax(logits, dim=1).to(dtype=x.dtype, device=x.device)
 
 
@@ -427,8 +428,8 @@ def noisy_classifier_loss(classifier: Callable, x0: torch.Tensor, y, t0: float =
     :cite:p:`dhariwal2021diffusion`).  Arguments as in :func:`diffnotes.losses.dsm_loss`; ``classifier(x, t)``
     returns (n, C) log-probabilities and ``y`` holds (n,) integer labels.
     """
-    sde = _sde(sde)
-    x0 = _data(x0)
+    sde = _checks.sde_or_default(sde)
+    x0 = _checks.sample(x0)
     t0, T = _interval(sde, t0, T)
     if not callable(classifier):
         raise TypeError("classifier must be a callable (x, t) returning (n, C) log-probabilities")

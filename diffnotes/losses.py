@@ -31,10 +31,10 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-import numpy as np
 import torch
 
-from .sde import VPSDE, ConstantVP, as_time
+from ._checks import positive_int, sample, sde_or_default
+from .sde import VPSDE, as_time
 
 __all__ = [
     "sample_times",
@@ -47,25 +47,6 @@ __all__ = [
 
 
 # -- validation and random draws ------------------------------------------------------------------------------
-def _sde(sde) -> VPSDE:
-    sde = sde if sde is not None else ConstantVP()
-    if not isinstance(sde, VPSDE):
-        raise TypeError(f"sde must be a VPSDE, got {type(sde).__name__}")
-    return sde
-
-
-def _data(x0, name: str = "x0") -> torch.Tensor:
-    if isinstance(x0, np.ndarray):
-        x0 = torch.as_tensor(x0, dtype=torch.float64)
-    if not isinstance(x0, torch.Tensor):
-        raise TypeError(f"{name} must be a tensor of shape (n, D), got {type(x0).__name__}")
-    if x0.ndim != 2 or x0.shape[0] < 1:
-        raise ValueError(f"{name} must have shape (n, D) with n >= 1, got {tuple(x0.shape)}")
-    if not x0.is_floating_point():
-        raise TypeError(f"{name} must be a floating tensor, got dtype {x0.dtype}")
-    return x0
-
-
 def _interval(sde: VPSDE, t0, T) -> tuple[float, float]:
     T = sde.T if T is None else float(T)
     t0 = float(t0)
@@ -102,9 +83,8 @@ def sample_times(n: int, t0: float = 1e-3, T: float | None = None, *, sde: VPSDE
     dtype, device
         Of the result.
     """
-    t0, T = _interval(_sde(sde), t0, T)
-    if isinstance(n, bool) or int(n) != n or n < 1:
-        raise ValueError(f"n must be a positive integer, got {n!r}")
+    t0, T = _interval(sde_or_default(sde), t0, T)
+    n = positive_int(n, "n", floats=True)
     like = torch.empty(0, dtype=dtype, device=device)
     return t0 + (T - t0) * _draw("uniform", (int(n),), generator, like)
 
@@ -169,10 +149,6 @@ def _call(model, *args) -> torch.Tensor:
     return out
 
 
-def _column(t):
-    return t[:, None]
-
-
 # -- explicit and denoising score matching -----------------------------------------------------------------------
 def esm_loss(model: Callable, score_true: Callable, x0: torch.Tensor, t0: float = 1e-3, T: float | None = None, *,
              weight="h", sde: VPSDE | None = None, generator: torch.Generator | None = None, t=None, eps=None,
@@ -221,11 +197,11 @@ def esm_loss(model: Callable, score_true: Callable, x0: torch.Tensor, t0: float 
     torch.Tensor
         The loss.
     """
-    sde = _sde(sde)
-    x0 = _data(x0)
+    sde = sde_or_default(sde)
+    x0 = sample(x0)
     t0, T = _interval(sde, t0, T)
     t, eps = _times_and_noise(x0, sde, t0, T, generator, t, eps)
-    xt = sde.alpha(_column(t)) * x0 + torch.sqrt(sde.h(_column(t))) * eps
+    xt = sde.alpha(t[:, None]) * x0 + torch.sqrt(sde.h(t[:, None])) * eps
     with torch.no_grad():
         target = _call(score_true, xt, t).to(xt)
     s = _call(model, xt, t)
@@ -267,12 +243,12 @@ def dsm_loss(model: Callable, x0: torch.Tensor, t0: float = 1e-3, T: float | Non
     torch.Tensor
         The loss (a scalar, or (n,) with ``reduction="none"``).
     """
-    sde = _sde(sde)
-    x0 = _data(x0)
+    sde = sde_or_default(sde)
+    x0 = sample(x0)
     t0, T = _interval(sde, t0, T)
     t, eps = _times_and_noise(x0, sde, t0, T, generator, t, eps)
-    h = sde.h(_column(t))
-    xt = sde.alpha(_column(t)) * x0 + torch.sqrt(h) * eps
+    h = sde.h(t[:, None])
+    xt = sde.alpha(t[:, None]) * x0 + torch.sqrt(h) * eps
     s = _call(model, xt, t)
     per_sample = _weight(weight, sde, t) * ((s + eps / torch.sqrt(h)) ** 2).sum(dim=1)
     return _reduce(per_sample, reduction)
@@ -318,7 +294,7 @@ def sliced_score_matching_loss(model: Callable, x: torch.Tensor, t, *, n_project
     reduction : {"mean", "none"}
         Batch mean, or the per-sample terms.
     """
-    x = _data(x, "x")
+    x = sample(x, "x")
     if isinstance(n_projections, bool) or int(n_projections) != n_projections or n_projections < 1:
         raise ValueError(f"n_projections must be a positive integer, got {n_projections!r}")
     if projection not in ("gaussian", "rademacher"):
@@ -407,8 +383,8 @@ def conditional_dsm_loss(model: Callable, x0: torch.Tensor, y, t0: float = 1e-3,
     weight, sde, generator, t, eps, reduction
         As in :func:`dsm_loss`.
     """
-    sde = _sde(sde)
-    x0 = _data(x0)
+    sde = sde_or_default(sde)
+    x0 = sample(x0)
     t0, T = _interval(sde, t0, T)
     p = float(p_uncond)
     if not 0 <= p <= 1:
@@ -433,8 +409,8 @@ def conditional_dsm_loss(model: Callable, x0: torch.Tensor, y, t0: float = 1e-3,
         raise ValueError(f"labels must lie in 0..{n_classes - 1}, got {sorted(set(y.tolist()))}")
     t, eps = _times_and_noise(x0, sde, t0, T, generator, t, eps)
     y_used = drop_labels(y, p, int(null_label), generator=generator)
-    h = sde.h(_column(t))
-    xt = sde.alpha(_column(t)) * x0 + torch.sqrt(h) * eps
+    h = sde.h(t[:, None])
+    xt = sde.alpha(t[:, None]) * x0 + torch.sqrt(h) * eps
     s = _call(model, xt, y_used, t)
     per_sample = _weight(weight, sde, t) * ((s + eps / torch.sqrt(h)) ** 2).sum(dim=1)
     return _reduce(per_sample, reduction)

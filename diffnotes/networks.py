@@ -31,7 +31,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from .sde import VPSDE, ConstantVP, as_time
+from . import _checks
+from .sde import VPSDE
 
 __all__ = [
     "SinusoidalEmbedding",
@@ -62,45 +63,6 @@ def _param_like(module: nn.Module) -> torch.Tensor:
     for p in module.parameters():
         return p
     return torch.empty(0)
-
-
-def _check_x(x, dim: int | None = None) -> torch.Tensor:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"x must be a torch tensor of shape (n, D), got {type(x).__name__}")
-    if x.ndim != 2:
-        raise ValueError(f"x must have shape (n, D), got {tuple(x.shape)}")
-    if not x.is_floating_point():
-        raise TypeError(f"x must be a floating tensor, got dtype {x.dtype}")
-    if dim is not None and x.shape[1] != dim:
-        raise ValueError(f"x must have shape (n, {dim}), got {tuple(x.shape)}")
-    return x
-
-
-def _rows(t, n: int, like: torch.Tensor) -> torch.Tensor:
-    """A time given as a float or a 0-d, (n,) or (n, 1) tensor, returned as an (n,) tensor typed like ``like``."""
-    t = as_time(t, like=like)
-    if t.ndim == 0:
-        return t.expand(n)
-    if t.ndim == 2 and t.shape == (n, 1):
-        return t.reshape(n)
-    if t.ndim == 1 and t.shape[0] == n:
-        return t
-    raise ValueError(f"t must be a number or have one entry per row (shape ({n},)), got shape {tuple(t.shape)}")
-
-
-def _labels(y, n: int, device=None) -> torch.Tensor:
-    """Integer labels given as an int, a 0-d or an (n,) tensor/array, returned as a long (n,) tensor."""
-    if isinstance(y, bool):
-        raise TypeError("a class label must be an integer, got a bool")
-    y = torch.as_tensor(y, device=device)
-    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
-        raise TypeError(f"class labels must be integers, got dtype {y.dtype}")
-    y = y.long()
-    if y.ndim == 0:
-        return y.expand(n)
-    if y.shape != (n,):
-        raise ValueError(f"y must be one label or one label per row (shape ({n},)), got shape {tuple(y.shape)}")
-    return y
 
 
 # -- the time embedding -------------------------------------------------------------------------------------
@@ -160,12 +122,6 @@ def _mlp(n_in: int, hidden: int, depth: int, n_out: int) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def _check_sizes(**sizes):
-    for name, value in sizes.items():
-        if isinstance(value, bool) or int(value) != value or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
-
-
 class ScoreMLP(nn.Module):
     r"""A multilayer perceptron :math:`(x, t) \mapsto f_\theta(x, t) \in \mathbb R^D` with a time embedding.
 
@@ -198,17 +154,17 @@ class ScoreMLP(nn.Module):
     def __init__(self, dim: int, hidden: int = 128, depth: int = 3, time_embedding: str = "log",
                  embedding_dim: int = 32):
         super().__init__()
-        _check_sizes(dim=dim, hidden=hidden, depth=depth)
+        _checks.sizes(dim=dim, hidden=hidden, depth=depth)
         self.dim = int(dim)
         self.embedding = SinusoidalEmbedding(embedding_dim, time_embedding)
         self.net = _mlp(self.dim + self.embedding.n_features, int(hidden), int(depth), self.dim)
 
     def forward(self, x: torch.Tensor, t) -> torch.Tensor:
         """The network output for inputs x (n, D) and times t (a float or an (n,) tensor), shaped like x."""
-        x = _check_x(x, self.dim)
+        x = _checks.points(x, "x", self.dim)
         p = _param_like(self)
         xp = x.to(dtype=p.dtype, device=p.device)
-        tp = _rows(t, x.shape[0], xp)
+        tp = _checks.time_rows(t, x.shape[0], xp)
         out = self.net(torch.cat([xp, self.embedding(tp)], dim=1))
         return out.to(dtype=x.dtype, device=x.device)
 
@@ -241,7 +197,7 @@ class ConditionalScoreMLP(nn.Module):
     def __init__(self, dim: int, n_classes: int, hidden: int = 128, depth: int = 3, time_embedding: str = "log",
                  embedding_dim: int = 32, class_embedding_dim: int = 16):
         super().__init__()
-        _check_sizes(dim=dim, n_classes=n_classes, hidden=hidden, depth=depth,
+        _checks.sizes(dim=dim, n_classes=n_classes, hidden=hidden, depth=depth,
                      class_embedding_dim=class_embedding_dim)
         self.dim, self.n_classes = int(dim), int(n_classes)
         self.embedding = SinusoidalEmbedding(embedding_dim, time_embedding)
@@ -256,14 +212,14 @@ class ConditionalScoreMLP(nn.Module):
 
     def forward(self, x: torch.Tensor, y, t) -> torch.Tensor:
         """The output for x (n, D), labels y (an int or (n,) ints in 0..C, C meaning null) and times t."""
-        x = _check_x(x, self.dim)
+        x = _checks.points(x, "x", self.dim)
         p = _param_like(self)
-        y = _labels(y, x.shape[0], device=p.device)
+        y = _checks.labels(y, x.shape[0], device=p.device)
         if torch.any((y < 0) | (y > self.n_classes)):
             raise ValueError(f"labels must lie in 0..{self.n_classes} ({self.n_classes} is the null label), got "
                              f"{sorted(set(y.tolist()))}")
         xp = x.to(dtype=p.dtype, device=p.device)
-        tp = _rows(t, x.shape[0], xp)
+        tp = _checks.time_rows(t, x.shape[0], xp)
         features = torch.cat([xp, self.embedding(tp), self.class_embedding(y).to(xp.dtype)], dim=1)
         return self.net(features).to(dtype=x.dtype, device=x.device)
 
@@ -375,13 +331,11 @@ class EncoderDecoderScore(nn.Module):
                  hidden: int = 64, depth: int = 2, time_embedding: str = "log", embedding_dim: int = 32,
                  generator: torch.Generator | None = None):
         super().__init__()
-        _check_sizes(dim=dim, latent_dim=latent_dim)
+        _checks.sizes(dim=dim, latent_dim=latent_dim)
         if latent_dim > dim:
             raise ValueError(f"the latent dimension d = {latent_dim} cannot exceed the ambient dimension D = {dim}")
         self.dim, self.latent_dim = int(dim), int(latent_dim)
-        sde = sde if sde is not None else ConstantVP()
-        if not isinstance(sde, VPSDE):
-            raise TypeError(f"sde must be a VPSDE, got {type(sde).__name__}")
+        sde = _checks.sde_or_default(sde)
         self.sde = sde
         if latent_output not in ("f", "score"):
             raise ValueError(f"latent_output must be 'f' or 'score', got {latent_output!r}")
@@ -400,7 +354,7 @@ class EncoderDecoderScore(nn.Module):
         else:
             self.register_buffer("fixed_basis", start)
         if latent is None:
-            _check_sizes(hidden=hidden, depth=depth)
+            _checks.sizes(hidden=hidden, depth=depth)
             latent = ScoreMLP(self.latent_dim, hidden, depth, time_embedding, embedding_dim)
         if isinstance(latent, nn.Module):
             self.latent = latent
@@ -419,12 +373,12 @@ class EncoderDecoderScore(nn.Module):
 
     def forward(self, x: torch.Tensor, t) -> torch.Tensor:
         r"""The score :math:`(V f(V^\top x, t) - x)/h(t)` for x (n, D) and t (a float or an (n,) tensor in (0, T])."""
-        x = _check_x(x, self.dim)
+        x = _checks.points(x, "x", self.dim)
         like = next(self.parameters(), None)
         if like is None:
             like = x
         xp = x.to(dtype=like.dtype, device=like.device)
-        tp = self.sde.check_time(_rows(t, x.shape[0], xp)).to(xp)
+        tp = self.sde.check_time(_checks.time_rows(t, x.shape[0], xp)).to(xp)
         V = self._basis().to(xp)
         h = self.sde.h(tp)[:, None]
         z = xp @ V
@@ -525,7 +479,7 @@ class UNet(nn.Module):
         chans = tuple(channels) if isinstance(channels, (tuple, list)) else None
         if not chans:
             raise ValueError(f"channels must be a non-empty sequence of positive integers, got {channels!r}")
-        _check_sizes(**{f"channels[{k}]": c for k, c in enumerate(chans)}, groups=groups)
+        _checks.sizes(**{f"channels[{k}]": c for k, c in enumerate(chans)}, groups=groups)
         C, H, W = (int(v) for v in shape)
         levels = len(chans)
         if H % 2**levels or W % 2**levels:
@@ -553,11 +507,11 @@ class UNet(nn.Module):
 
     def forward(self, x: torch.Tensor, t) -> torch.Tensor:
         """The network output for flat images x (n, C*H*W) and times t (a float or an (n,) tensor), shaped like x."""
-        x = _check_x(x, self.dim)
+        x = _checks.points(x, "x", self.dim)
         p = _param_like(self)
         xp = x.to(dtype=p.dtype, device=p.device)
         n = x.shape[0]
-        emb = self.time_mlp(self.embedding(_rows(t, n, xp)))
+        emb = self.time_mlp(self.embedding(_checks.time_rows(t, n, xp)))
         h = self.stem(xp.reshape(n, *self.image_shape))
         skips = []
         for block in self.down:
@@ -618,9 +572,7 @@ class ScoreAdapter(nn.Module):
             raise TypeError(f"model must be callable, got {type(model).__name__}")
         if prediction not in PREDICTIONS:
             raise ValueError(f"prediction must be one of {sorted(PREDICTIONS)}, got {prediction!r}")
-        sde = sde if sde is not None else ConstantVP()
-        if not isinstance(sde, VPSDE):
-            raise TypeError(f"sde must be a VPSDE, got {type(sde).__name__}")
+        sde = _checks.sde_or_default(sde)
         if isinstance(model, nn.Module):
             self.model = model
         else:
@@ -637,8 +589,8 @@ class ScoreAdapter(nn.Module):
         if len(args) != expected:
             form = "score(x, y, t)" if self.conditional else "score(x, t)"
             raise TypeError(f"this score function is called as {form}, got {len(args)} arguments")
-        x, t = _check_x(args[0]), args[-1]
-        rows = _rows(t, x.shape[0], x)
+        x, t = _checks.points(args[0], "x"), args[-1]
+        rows = _checks.time_rows(t, x.shape[0], x)
         if self.prediction != "score":
             rows = self.sde.check_time(rows).to(dtype=x.dtype, device=x.device)
         out = self.model(*args[:-1], rows)
@@ -718,7 +670,7 @@ class LabelledScore:
         self.n_classes = n_classes if n_classes is not None else getattr(cond_score, "n_classes", None)
         self.null_label = null_label if null_label is not None else getattr(cond_score, "null_label", None)
         y = torch.as_tensor(y)
-        _labels(y, y.shape[0] if y.ndim == 1 else 1)  # type check
+        _checks.labels(y, y.shape[0] if y.ndim == 1 else 1)  # type check
         y = y.long()
         allowed = {self.null_label} if self.null_label is not None else set()
         bad = [v for v in y.reshape(-1).tolist()
@@ -730,8 +682,8 @@ class LabelledScore:
         self.y = y
 
     def __call__(self, x: torch.Tensor, t) -> torch.Tensor:
-        x = _check_x(x)
-        return self.cond_score(x, _labels(self.y, x.shape[0], device=x.device), t)
+        x = _checks.points(x, "x")
+        return self.cond_score(x, _checks.labels(self.y, x.shape[0], device=x.device), t)
 
     def __repr__(self) -> str:
         label = self.y.tolist()

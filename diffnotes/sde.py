@@ -30,6 +30,8 @@ import math
 import numpy as np
 import torch
 
+from ._checks import time_column
+
 __all__ = ["VPSDE", "ConstantVP", "LinearVP", "CosineVP", "DiscreteVP", "as_time"]
 
 
@@ -178,15 +180,7 @@ class VPSDE:
         return f"{type(self).__name__}(T={self.T:g})"
 
 
-def _column(t: torch.Tensor, n: int) -> torch.Tensor:
-    """Shape a scalar or per-row time as a column (n, 1) for broadcasting against (n, D)."""
-    if t.ndim == 0:
-        return t.reshape(1, 1)
-    if t.ndim == 1 and t.shape[0] == n:
-        return t.reshape(n, 1)
-    if t.ndim == 2 and t.shape == (n, 1):
-        return t
-    raise ValueError(f"t must be a scalar or have one entry per row (shape ({n},)), got shape {tuple(t.shape)}")
+_column = time_column
 
 
 class ConstantVP(VPSDE):
