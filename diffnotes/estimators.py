@@ -359,7 +359,8 @@ def score_error(estimator, target, t: float, n_eval: int = 2000, generator: torc
     Parameters
     ----------
     estimator, target
-        Objects with ``score(x, t)``; ``target`` also has ``sample_marginal(n, t, generator)`` unless ``points`` is
+        Score functions ``(x, t) -> tensor like x``, or objects with a ``score(x, t)`` method; ``target`` also
+        has ``sample_marginal(n, t, generator)`` unless ``points`` is
         given (the exact targets of :mod:`diffnotes.targets`).
     t : float
         One time in (0, T].
@@ -370,17 +371,16 @@ def score_error(estimator, target, t: float, n_eval: int = 2000, generator: torc
     points : tensor of shape (m, D), optional
         Points drawn from :math:`P_t` by the caller.
     """
-    if not callable(getattr(estimator, "score", None)) or not callable(getattr(target, "score", None)):
-        raise TypeError("estimator and target must provide score(x, t)")
+    est_score = _checks.score_callable(estimator, "estimator")
+    true_score = _checks.score_callable(target, "target")
     t = float(t)
     if points is None:
-        if isinstance(n_eval, bool) or int(n_eval) != n_eval or n_eval < 2:
-            raise ValueError(f"n_eval must be an integer >= 2, got {n_eval!r}")
-        points = target.sample_marginal(int(n_eval), t, generator)
+        n_eval = _checks.positive_int(n_eval, "n_eval", 2, floats=True)
+        points = target.sample_marginal(n_eval, t, generator)
     else:
         points = _checks.data(points, "points", min_n=2)
-    truth = target.score(points, t)
-    est = estimator.score(points, t)
+    truth = true_score(points, t)
+    est = est_score(points, t)
     if est.shape != truth.shape:
         raise ValueError(f"the estimator returned shape {tuple(est.shape)}, the target {tuple(truth.shape)}")
     sq = ((est - truth) ** 2).sum(1)

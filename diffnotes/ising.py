@@ -174,6 +174,18 @@ class IsingModel(SpinModel):
         y, a, h = self._field(x, t)
         return (a * self.tilted_mean(y) - x) / h
 
+    def score(self, x, t) -> torch.Tensor:
+        """The exact score ``score(x, t)`` (the package's protocol): the same as :meth:`exact_score`.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Points, shape (n, D), floating.
+        t : float or torch.Tensor
+            One time or one per row, in (0, T].
+        """
+        return self.exact_score(x, t)
+
     def marginal_log_prob(self, x, t) -> torch.Tensor:
         r"""Exact :math:`\log p_t(x) = \log\sum_\sigma p(\sigma)\,\mathsf N(x; \alpha\sigma, hI)`, (n,), by
         enumeration (the brute-force mixture of :math:`2^D` Gaussians)."""

@@ -190,8 +190,8 @@ class SpinModel:
             raise ValueError(f"method must be 'exact', 'mean_field' or 'tap', got {method!r}")
         return m
 
-    def score(self, sde: VPSDE | None = None, method: str = "exact", **options) -> Callable:
-        r"""The OU score ``score(x, t)`` of the diffused Gibbs measure, from the posterior mean:
+    def score_function(self, sde: VPSDE | None = None, method: str = "exact", **options) -> Callable:
+        r"""A factory: the OU score ``score(x, t)`` of the diffused Gibbs measure, from the posterior mean:
         :math:`\nabla\log p_t(x) = (\alpha(t)\,m(c(t)x) - x)/h(t)`, :math:`c = \alpha/h`.
 
         With ``method="exact"`` this is the exact score (by enumeration); ``"mean_field"`` / ``"tap"`` give the

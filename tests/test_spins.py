@@ -117,7 +117,7 @@ def test_ou_score_by_enumeration_is_the_gradient_of_the_diffused_log_density():
     a, h = sde.alpha(t)[:, None, None], sde.h(t)[:, None, None]
     log_pt = torch.logsumexp(logp[None] - ((x[:, None, :] - a * configs[None]) ** 2).sum(-1) / (2 * h[:, :, 0]), 1)
     (grad,) = torch.autograd.grad(log_pt.sum(), x)
-    assert torch.allclose(model.score(sde)(x.detach(), t), grad, atol=1e-10)
+    assert torch.allclose(model.score_function(sde)(x.detach(), t), grad, atol=1e-10)
 
 
 def test_mean_field_fixed_points():
@@ -236,4 +236,4 @@ def test_bad_inputs_raise_clear_errors():
     with pytest.raises(ValueError, match="damping"):
         sk.mean_field(torch.zeros(1, 4, dtype=torch.float64), damping=0.0)
     with pytest.raises(TypeError):
-        cw.score(sde="not an sde")
+        cw.score_function(sde="not an sde")
