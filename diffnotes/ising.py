@@ -158,9 +158,7 @@ class IsingModel(SpinModel):
 
     def _field(self, x, t) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x = self._check_field(x, "x")
-        t = self.sde.check_time(t)
-        t = _checks.time_column(as_time(t, like=x), x.shape[0])
-        a, h = self.sde.alpha(t), self.sde.h(t)
+        a, h = self.sde.coefficients(t, x)
         return a / h * x, a, h
 
     # -- exact ----------------------------------------------------------------------------------------------
@@ -190,9 +188,7 @@ class IsingModel(SpinModel):
         r"""Exact :math:`\log p_t(x) = \log\sum_\sigma p(\sigma)\,\mathsf N(x; \alpha\sigma, hI)`, (n,), by
         enumeration (the brute-force mixture of :math:`2^D` Gaussians)."""
         x = self._check_field(x, "x")
-        t = self.sde.check_time(t)
-        t = _checks.time_column(as_time(t, like=x), x.shape[0])
-        a, h = self.sde.alpha(t), self.sde.h(t)
+        a, h = self.sde.coefficients(t, x)
         configs, log_w = self._enumerate()
         log_p = log_w - torch.logsumexp(log_w, 0)
         sq = ((x[:, None, :] - a[:, :, None] * configs[None]) ** 2).sum(-1)  # (n, 2^D)
@@ -321,9 +317,7 @@ class MessagePassingResNet(torch.nn.Module):
         r"""The m-part of the final state, :math:`m^L` (n, D): the network's estimate of
         :math:`\mathbb E[\sigma\mid x]`."""
         x = _checks.points(x, "x", self.D)
-        t = self.sde.check_time(t)
-        t = _checks.time_column(as_time(t, like=x), x.shape[0])
-        a, h = self.sde.alpha(t), self.sde.h(t)
+        a, h = self.sde.coefficients(t, x)
         D = self.D
         u = torch.cat([torch.zeros_like(x), a / h * x], 1)
         for W2, b, W1 in zip(self.W2, self.b, self.W1, strict=True):

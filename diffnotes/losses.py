@@ -201,7 +201,7 @@ def esm_loss(model: Callable, score_true: Callable, x0: torch.Tensor, t0: float 
     x0 = sample(x0)
     t0, T = _interval(sde, t0, T)
     t, eps = _times_and_noise(x0, sde, t0, T, generator, t, eps)
-    xt = sde.alpha(t[:, None]) * x0 + torch.sqrt(sde.h(t[:, None])) * eps
+    xt, _ = sde.perturb(x0, t, eps)
     with torch.no_grad():
         target = _call(score_true, xt, t).to(xt)
     s = _call(model, xt, t)
@@ -248,7 +248,7 @@ def dsm_loss(model: Callable, x0: torch.Tensor, t0: float = 1e-3, T: float | Non
     t0, T = _interval(sde, t0, T)
     t, eps = _times_and_noise(x0, sde, t0, T, generator, t, eps)
     h = sde.h(t[:, None])
-    xt = sde.alpha(t[:, None]) * x0 + torch.sqrt(h) * eps
+    xt, _ = sde.perturb(x0, t, eps)
     s = _call(model, xt, t)
     per_sample = _weight(weight, sde, t) * ((s + eps / torch.sqrt(h)) ** 2).sum(dim=1)
     return _reduce(per_sample, reduction)
@@ -410,7 +410,7 @@ def conditional_dsm_loss(model: Callable, x0: torch.Tensor, y, t0: float = 1e-3,
     t, eps = _times_and_noise(x0, sde, t0, T, generator, t, eps)
     y_used = drop_labels(y, p, int(null_label), generator=generator)
     h = sde.h(t[:, None])
-    xt = sde.alpha(t[:, None]) * x0 + torch.sqrt(h) * eps
+    xt, _ = sde.perturb(x0, t, eps)
     s = _call(model, xt, y_used, t)
     per_sample = _weight(weight, sde, t) * ((s + eps / torch.sqrt(h)) ** 2).sum(dim=1)
     return _reduce(per_sample, reduction)

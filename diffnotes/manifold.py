@@ -71,7 +71,7 @@ import scipy.stats
 import torch
 
 from . import _checks
-from .sde import VPSDE, as_time
+from .sde import VPSDE
 
 __all__ = ["Circle", "angular_w1"]
 
@@ -121,9 +121,7 @@ class Circle:
         return _checks.points(x, "x", 2)
 
     def _coefficients(self, x, t):
-        t = self.sde.check_time(t)
-        t = _checks.time_column(as_time(t, like=x), x.shape[0])
-        return self.sde.alpha(t), self.sde.h(t)
+        return self.sde.coefficients(t, x)
 
     def _scalar_time(self, t) -> tuple[float, float]:
         t = self.sde.check_time(t)

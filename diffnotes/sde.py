@@ -118,6 +118,70 @@ class VPSDE:
             )
         return t
 
+    # -- pieces shared by the targets, estimators and losses --------------------------------------------------
+    def coefficients(self, t, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        r"""The checked coefficients :math:`\alpha(t)` and :math:`h(t)` as columns for the rows of ``x``.
+
+        Parameters
+        ----------
+        t : float or torch.Tensor
+            One time, or one per row (shape (n,) or (n, 1)), in (0, T].
+        x : torch.Tensor
+            The points, shape (n, D): give the dtype, the device and n.
+
+        Returns
+        -------
+        (torch.Tensor, torch.Tensor)
+            :math:`\alpha(t)` and :math:`h(t)`, each of shape (1, 1) or (n, 1).
+        """
+        t = self.check_time(t)
+        t = time_column(as_time(t, like=x), x.shape[0])
+        return self.alpha(t), self.h(t)
+
+    def perturb(self, x0: torch.Tensor, t, noise: torch.Tensor | None = None,
+                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        r"""The noisy points :math:`x_t = \alpha(t)\,x_0 + \sqrt{h(t)}\,\varepsilon` and the noise :math:`\varepsilon`.
+
+        Parameters
+        ----------
+        x0 : torch.Tensor
+            Clean data, shape (n, D).
+        t : float or torch.Tensor
+            One time, or one per row, in (0, T].
+        noise : torch.Tensor, optional
+            The noise :math:`\varepsilon`, shaped like ``x0``; drawn from ``generator`` when not given.
+        generator : torch.Generator, optional
+            Source of the noise when it is drawn.
+        """
+        if not isinstance(x0, torch.Tensor) or x0.ndim != 2:
+            raise ValueError(f"x0 must be a tensor of shape (n, D), got {getattr(x0, 'shape', type(x0))}")
+        a, h = self.coefficients(t, x0)
+        if noise is None:
+            noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
+        elif not isinstance(noise, torch.Tensor) or noise.shape != x0.shape:
+            raise ValueError(f"noise must be a tensor shaped like x0 {tuple(x0.shape)}, got "
+                             f"{getattr(noise, 'shape', type(noise))}")
+        return a * x0 + torch.sqrt(h) * noise, noise
+
+    def reverse_drift(self, x: torch.Tensor, score_value: torch.Tensor, t) -> torch.Tensor:
+        r"""Drift of the backward process in the forward clock, :math:`-\tfrac12 g(t)\,x - g(t)\,\nabla\log p_t(x)`.
+
+        The reverse SDE run from T down to 0 is :math:`\mathrm dX = [-\frac12 g X - g\,\nabla\log p_t(X)]\,\mathrm dt
+        + \sqrt g\,\mathrm d\bar W` with dt < 0.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            The points, shape (n, D).
+        score_value : torch.Tensor
+            The score at (x, t), shaped like x.
+        t : float or torch.Tensor
+            One time, or one per row, in (0, T].
+        """
+        t = time_column(as_time(self.check_time(t), like=x), x.shape[0])
+        g = self.g(t)
+        return -0.5 * g * x - g * score_value
+
     # -- sampling -----------------------------------------------------------------------------------
     def marginal_sample(self, x0: torch.Tensor, t, generator: torch.Generator | None = None):
         r"""Draw :math:`x_t = \alpha(t) x_0 + \sqrt{h(t)}\,\varepsilon` given :math:`x_0`.
@@ -136,12 +200,7 @@ class VPSDE:
         (torch.Tensor, torch.Tensor)
             The noisy points :math:`x_t` and the noise :math:`\varepsilon` that produced them.
         """
-        if not isinstance(x0, torch.Tensor) or x0.ndim != 2:
-            raise ValueError(f"x0 must be a tensor of shape (n, D), got {getattr(x0, 'shape', type(x0))}")
-        t = self.check_time(t)
-        t = _column(as_time(t, like=x0), x0.shape[0])
-        eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
-        return self.alpha(t) * x0 + torch.sqrt(self.h(t)) * eps, eps
+        return self.perturb(x0, t, generator=generator)
 
     def forward_path(self, x0: torch.Tensor, times, generator: torch.Generator | None = None) -> torch.Tensor:
         r"""Simulate forward paths exactly on an increasing grid of times (the first may be 0).

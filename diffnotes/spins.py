@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from . import _checks
-from .sde import VPSDE, as_time
+from .sde import VPSDE
 
 __all__ = ["MAX_ENUMERATION", "all_configurations", "SpinModel", "CurieWeiss", "SherringtonKirkpatrick"]
 
@@ -202,9 +202,7 @@ class SpinModel:
 
         def score(x, t):
             x = self._check_field(x)
-            t = sde.check_time(t)
-            t = _checks.time_column(as_time(t, like=x), x.shape[0])
-            a, h = sde.alpha(t), sde.h(t)
+            a, h = sde.coefficients(t, x)
             return (a * m(a / h * x, None) - x) / h
 
         return score

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from . import _checks
-from .sde import VPSDE, as_time
+from .sde import VPSDE
 
 __all__ = ["GaussianMixture", "Gaussian", "SubspaceMixture", "ring_mixture", "orthonormal_basis"]
 
@@ -141,9 +141,7 @@ class GaussianMixture:
         return log_w[None] - 0.5 * (quad + logdet + self.dim * _LOG_2PI), z, var
 
     def _coefficients(self, x, t):
-        t = self.sde.check_time(t)
-        t = _checks.time_column(as_time(t, like=x), x.shape[0])
-        return self.sde.alpha(t), self.sde.h(t)
+        return self.sde.coefficients(t, x)
 
     def log_prob(self, x, t) -> torch.Tensor:
         r"""Exact log-density :math:`\log p_t(x)` of the diffused law, shape (n,).  t in (0, T]."""
