@@ -134,9 +134,12 @@ class VPSDE:
         (torch.Tensor, torch.Tensor)
             :math:`\alpha(t)` and :math:`h(t)`, each of shape (1, 1) or (n, 1).
         """
-        t = self.check_time(t)
-        t = time_column(as_time(t, like=x), x.shape[0])
+        t = self._time_column(t, x)
         return self.alpha(t), self.h(t)
+
+    def _time_column(self, t, x: torch.Tensor) -> torch.Tensor:
+        """The checked time(s) t as a column typed like x."""
+        return time_column(as_time(self.check_time(t), like=x), x.shape[0])
 
     def perturb(self, x0: torch.Tensor, t, noise: torch.Tensor | None = None,
                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -178,8 +181,7 @@ class VPSDE:
         t : float or torch.Tensor
             One time, or one per row, in (0, T].
         """
-        t = time_column(as_time(self.check_time(t), like=x), x.shape[0])
-        g = self.g(t)
+        g = self.g(self._time_column(t, x))
         return -0.5 * g * x - g * score_value
 
     # -- sampling -----------------------------------------------------------------------------------
