@@ -1,7 +1,12 @@
 # diffnotes: tests and book.
 #
-#   make test    lint, unit tests, then every chapter notebook run as a test (nbval)
-#   make book    the book, built strictly and from clean into _build/html
+#   make test    lint, unit tests, then every chapter executed once as a test (nbval, two at a time)
+#   make book    the book, built strictly and from clean into _build/html from the executed chapters
+#   make site-test  headless Chromium opens the built book and checks math, figures, links, console
+#
+# Each chapter is executed once per CI run: `make test` runs them (nbval) and keeps the executed notebooks in
+# _build/executed; `make book` assembles the book from those (MyST-NB's cache mode), and runs the chapters first
+# only when they are missing or older than a chapter source or the package.
 #   make clean   remove build outputs (keeps .venv)
 #
 # Both create .venv on first use (Python 3.11 or newer: `make PYTHON=python3.12 test` to choose one), install the
@@ -19,13 +24,18 @@ VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
 STAMP := $(VENV)/.installed
 NBVAL_DIR := _build/nbval
-# pytest-xdist workers (0 = no xdist; with xdist always --dist loadfile). The unit tests run on both cores, one
-# torch/OpenMP thread per worker: oversubscribed OpenMP threads spin and can make small tensor code many times
-# slower. The chapters run one after another with the default threads, as in the book build (and as their time
-# budgets are measured).
+EXEC_DIR := _build/executed
+CLAIMS_DIR := _build/claims
+EXEC_STAMP := $(EXEC_DIR)/.complete
+# pytest-xdist workers (0 = no xdist; with xdist always --dist loadfile). The unit tests and the chapters run on
+# both cores, one torch/OpenMP thread per worker: oversubscribed OpenMP threads spin and can make small tensor code
+# many times slower (a chapter measured 24 s with one thread against 48 s with two).
 UNIT_WORKERS ?= 2
 UNIT_THREADS ?= 1
-NBVAL_WORKERS ?= 0
+NBVAL_WORKERS ?= 2
+NBVAL_THREADS ?= 1
+# A cell that runs longer than this fails the chapter (a chapter's whole budget is 60 s).
+NBVAL_CELL_TIMEOUT ?= 120
 PYTEST_ARGS ?=
 
 export PATH := $(BIN):$(PATH)
@@ -44,7 +54,7 @@ find_chapters = find book -name '*.md' -not -path '*/.ipynb_checkpoints/*' -not 
 
 xdist = $(if $(filter-out 0,$(1)),-n $(1) --dist loadfile)
 
-.PHONY: help test book clean lint unit nbval venv bench
+.PHONY: help test book clean lint unit nbval venv bench site-test
 
 help:
 	@echo "make test    lint (ruff), unit tests (pytest tests), every chapter as a notebook test (nbval)"
@@ -82,32 +92,44 @@ lint: $(STAMP)
 # Neither the unit tests nor the notebook tests record claims for the Scorecard (only the book build does).
 unit: $(STAMP)
 	MPLBACKEND=Agg DIFFNOTES_CLAIMS_DIR= OMP_NUM_THREADS=$(UNIT_THREADS) MKL_NUM_THREADS=$(UNIT_THREADS) \
-	  python -m pytest $(call xdist,$(UNIT_WORKERS)) $(PYTEST_ARGS) tests
+	  python -m pytest $(call xdist,$(UNIT_WORKERS)) --ignore=tests/site $(PYTEST_ARGS) tests
 
-# Each chapter is converted to .ipynb in a scratch folder that mirrors book/ (never next to the sources,
-# where the book would see two documents), then executed by nbval, outputs not compared.
+# Each chapter is read by MyST-NB's reader (the book's) into _build/nbval (never next to the sources, where the
+# book would see two documents) and executed by nbval, outputs not compared, two chapters at a time with one thread
+# each. The plugin book/_ext/chapters.py records each chapter's claims for the Scorecard and writes the executed
+# notebooks to _build/executed, from which the book is assembled. No MPLBACKEND: the kernels' inline backend
+# keeps the figures as outputs.
 nbval: $(STAMP)
-	rm -rf $(NBVAL_DIR)
-	@chapters="$$($(find_chapters))"; \
-	if [ -z "$$chapters" ]; then echo "nbval: no chapter notebook under book/"; exit 0; fi; \
-	for md in $$chapters; do \
-	  out="$(NBVAL_DIR)/$${md%.md}.ipynb"; mkdir -p "$$(dirname "$$out")"; \
-	  echo "jupytext --to ipynb $$md -> $$out"; \
-	  jupytext --quiet --to ipynb --output "$$out" "$$md"; \
-	done; \
-	echo "MPLBACKEND=Agg python -m pytest --nbval-lax --nbval-current-env $(call xdist,$(NBVAL_WORKERS)) $(NBVAL_DIR)"; \
-	MPLBACKEND=Agg DIFFNOTES_CLAIMS_DIR= python -m pytest -p no:cacheprovider --nbval-lax --nbval-current-env \
-	  $(call xdist,$(NBVAL_WORKERS)) $(PYTEST_ARGS) $(NBVAL_DIR)
+	rm -rf $(NBVAL_DIR) $(EXEC_DIR) $(CLAIMS_DIR)
+	python book/_ext/chapters.py convert
+	DIFFNOTES_CLAIMS_DIR=$(CURDIR)/$(CLAIMS_DIR) PYTHONPATH=$(CURDIR)/book/_ext \
+	  OMP_NUM_THREADS=$(NBVAL_THREADS) MKL_NUM_THREADS=$(NBVAL_THREADS) \
+	  python -m pytest -p no:cacheprovider -p chapters --nbval-lax --nbval-current-env \
+	  --nbval-cell-timeout=$(NBVAL_CELL_TIMEOUT) $(call xdist,$(NBVAL_WORKERS)) $(PYTEST_ARGS) $(NBVAL_DIR)
+	python book/_ext/chapters.py times
+	touch $(EXEC_STAMP)
+
+# The executed chapters are out of date when a chapter, the package or the pins changed after they ran.
+$(EXEC_STAMP): $(shell find book diffnotes -name '*.md' -o -name '*.py' 2>/dev/null) requirements.txt pyproject.toml
+	$(MAKE) nbval
 
 # ---------------------------------------------------------------------------------------------- book
 
-# From clean: the execution cache keys on cell source, not on the package, so nothing is reused.
+# From clean, assembled from the executed chapters: the jupyter-cache is filled from _build/executed and MyST-NB
+# reads it (execute_notebooks: cache in _config.yml); a chapter without a matching entry is executed by the build.
 # -W turns warnings into errors, -n reports broken references, --keep-going reports all of them;
 # nb_execution_raise_on_error (in _config.yml) makes a chapter that raises fail the build.
-book: $(STAMP)
-	rm -rf _build/html _build/.doctrees _build/jupyter_execute _build/claims
-	jupyter-book build --all -W -n --keep-going .
+book: $(STAMP) $(EXEC_STAMP)
+	rm -rf _build/html _build/.doctrees _build/jupyter_execute _build/.jupyter_cache
+	python book/_ext/chapters.py fill-cache
+	OMP_NUM_THREADS=$(NBVAL_THREADS) MKL_NUM_THREADS=$(NBVAL_THREADS) jupyter-book build --all -W -n --keep-going .
 	@echo "The book is in _build/html/index.html"
+
+# Headless Chromium (Debian's chromium) opens pages of the built book: math typeset by the bundled MathJax, every
+# image loaded, every local link resolving, no console error; screenshots in _build/screenshots. Run after make book.
+site-test: $(STAMP)
+	@test -f _build/html/index.html || { echo "site-test: build the book first (make book)" >&2; exit 1; }
+	python -m pytest -p no:cacheprovider -q tests/site
 
 # ---------------------------------------------------------------------------------------------- benchmark
 

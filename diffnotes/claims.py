@@ -14,6 +14,14 @@ Outside the book build nothing is written: reusing :func:`check` in one's own no
 A claim whose asymptotic form is not visible at laptop sizes is checked with ``visible=False``: the assertion is then
 about what the computation does show (a pre-asymptotic slope, an ordering), and the scorecard marks the claim
 "not visible at this size" rather than "reproduced".
+
+Not every check is a claim of the review. ``category`` says what a check is (:data:`CATEGORIES`): a claim of the
+review (the default), an illustration (an effect shown against a stated, arbitrary threshold) or a consistency check
+(an identity that holds by construction and fails only on a bug). Only claims can be "reproduced"; the Scorecard
+lists the other two apart and does not count them as reproduced.
+
+Each record carries the id of the kernel run that wrote it, so that a chapter executed again replaces its records
+(the Scorecard keeps the latest run of each chapter).
 """
 
 from __future__ import annotations
@@ -22,10 +30,11 @@ import json
 import math
 import os
 import re
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-__all__ = ["Claim", "ClaimError", "check", "KINDS"]
+__all__ = ["Claim", "ClaimError", "check", "KINDS", "CATEGORIES"]
 
 #: How the measurement is compared with the theory value.
 KINDS = {
@@ -33,6 +42,13 @@ KINDS = {
     "rel": "|measured - theory| <= tol * |theory|",
     "le": "measured <= theory + tol",
     "ge": "measured >= theory - tol",
+}
+
+#: What a check is, and the status a passing check of that category earns.
+CATEGORIES = {
+    "claim": "reproduced",
+    "illustration": "illustration",
+    "consistency": "consistency check",
 }
 
 _ID = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]*$")
@@ -56,6 +72,8 @@ class Claim:
     status: str
     note: str
     chapter: str
+    category: str = "claim"
+    run: str = ""
 
     def verdict(self) -> str:
         """The one-line verdict printed under the cell."""
@@ -65,7 +83,7 @@ class Claim:
             "le": f"<= {_fmt(self.theory)}" + (f" (+{_fmt(self.tolerance)})" if self.tolerance else ""),
             "ge": f">= {_fmt(self.theory)}" + (f" (-{_fmt(self.tolerance)})" if self.tolerance else ""),
         }[self.kind]
-        return f"[{self.id}] {self.quantity}: measured {_fmt(self.measured)}, theory {rule} -> {self.status}"
+        return f"{self.status} [{self.id}]: measured {_fmt(self.measured)}, theory {rule}\n  {self.quantity}"
 
 
 def _fmt(v: float) -> str:
@@ -91,6 +109,7 @@ def check(
     tol: float,
     kind: str = "abs",
     visible: bool = True,
+    category: str = "claim",
     note: str = "",
 ) -> Claim:
     """Check a measured value against the theory and record the result.
@@ -110,6 +129,10 @@ def check(
     visible
         ``False`` when the claim's asymptotic form is not visible at this size; what is then checked is what the
         computation really shows, and the scorecard says "not visible at this size".
+    category
+        What the check is, one of :data:`CATEGORIES`: ``"claim"`` (a claim of the review, the default),
+        ``"illustration"`` (an effect shown against a stated threshold that no theory sets) or ``"consistency"``
+        (an identity that holds by construction). Only a claim is counted as reproduced.
     note
         A short remark shown on the scorecard.
 
@@ -123,12 +146,16 @@ def check(
     ClaimError
         When the measurement is out of tolerance.
     ValueError, TypeError
-        On a malformed id, an unknown kind, a negative tolerance or a non-finite number.
+        On a malformed id, an unknown kind or category, a negative tolerance or a non-finite number.
     """
     if not isinstance(claim_id, str) or not _ID.fullmatch(claim_id):
         raise ValueError(f"claim_id must be a short identifier such as 'T2', got {claim_id!r}")
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {sorted(KINDS)}, got {kind!r}")
+    if category not in CATEGORIES:
+        raise ValueError(f"category must be one of {sorted(CATEGORIES)}, got {category!r}")
+    if category != "claim" and not visible:
+        raise ValueError("visible=False applies to claims of the review only (category='claim')")
     measured = _finite("measured", measured)
     theory = _finite("theory", theory)
     tol = _finite("tol", tol)
@@ -142,15 +169,23 @@ def check(
     }[kind]
     if not passed:
         status = "FAILED"
+    elif category == "claim" and not visible:
+        status = "not visible at this size"
     else:
-        status = "reproduced" if visible else "not visible at this size"
+        status = CATEGORIES[category]
     chapter = os.environ.get("DIFFNOTES_CHAPTER", "")
-    claim = Claim(claim_id, quantity, theory, tol, kind, measured, bool(passed), status, note, chapter)
+    claim = Claim(
+        claim_id, quantity, theory, tol, kind, measured, bool(passed), status, note, chapter, category, _RUN
+    )
     print(claim.verdict())
     _record(claim)
     if not passed:
         raise ClaimError(claim.verdict() + f" (rule: {KINDS[kind]})")
     return claim
+
+
+# One id per process (per kernel): the records of a chapter's latest execution replace those of earlier ones.
+_RUN = f"{os.getpid()}-{time.time_ns()}"
 
 
 def _record(claim: Claim) -> None:

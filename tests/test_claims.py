@@ -16,7 +16,10 @@ from hypothesis import strategies as st
 from diffnotes.claims import KINDS, Claim, ClaimError, check
 
 REPO = Path(__file__).resolve().parents[1]
-FIELDS = {"id", "quantity", "theory", "tolerance", "kind", "measured", "passed", "status", "note", "chapter"}
+FIELDS = {
+    "id", "quantity", "theory", "tolerance", "kind", "measured", "passed", "status", "note", "chapter",
+    "category", "run",
+}
 NOT_VISIBLE = "not visible at this size"
 
 
@@ -135,8 +138,10 @@ def test_passing_check_returns_the_record_and_prints_the_verdict(capsys):
     assert claim.chapter == ""
     out = capsys.readouterr().out.strip()
     assert out == claim.verdict()
-    assert out.startswith("[T13a] semilog slope: measured -0.98") and out.endswith("-> reproduced")
-    assert len(out.splitlines()) == 1
+    # The verdict comes first, on a short line; the quantity follows on its own line.
+    first, second = out.splitlines()
+    assert first.startswith("reproduced [T13a]: measured -0.98") and len(first) <= 88
+    assert second.strip() == "semilog slope"
 
 
 def test_claim_is_immutable():
@@ -162,7 +167,24 @@ def test_invisible_claim_that_holds_is_not_called_reproduced():
     claim = check("T20", "pre-asymptotic slope", measured=-0.4, theory=-0.5, tol=0.15, visible=False)
     assert claim.passed is True
     assert claim.status == NOT_VISIBLE
-    assert claim.verdict().endswith(NOT_VISIBLE)
+    assert claim.verdict().startswith(NOT_VISIBLE)
+
+
+@pytest.mark.parametrize(
+    ("category", "status"), [("illustration", "illustration"), ("consistency", "consistency check")]
+)
+def test_checks_that_are_not_claims_are_never_called_reproduced(category, status):
+    claim = check("X1", "identity", measured=1.0, theory=1.0, tol=1e-12, category=category)
+    assert claim.passed and claim.status == status and claim.category == category
+    with pytest.raises(ClaimError):
+        check("X1", "identity", measured=2.0, theory=1.0, tol=1e-12, category=category)
+
+
+def test_unknown_category_and_invisible_non_claim_are_refused():
+    with pytest.raises(ValueError, match="category"):
+        check("X1", "q", measured=1.0, theory=1.0, tol=0.0, category="proof")
+    with pytest.raises(ValueError, match="visible=False"):
+        check("X1", "q", measured=1.0, theory=1.0, tol=0.0, category="consistency", visible=False)
 
 
 def test_invisible_claim_that_fails_still_fails():
@@ -271,7 +293,10 @@ def test_each_check_appends_one_json_line_per_chapter(monkeypatch, tmp_path):
         "status": "reproduced",
         "note": "",
         "chapter": "book/part2/samplers",
+        "category": "claim",
+        "run": first["run"],
     }
+    assert first["run"] and second["run"] == first["run"]
     assert (second["id"], second["kind"], second["status"], second["note"]) == ("T4", "le", NOT_VISIBLE, "small n")
     (third,) = read_records(folder / "book_part2_forward-backward.jsonl")
     assert third["chapter"] == "book/part2/forward-backward"
@@ -311,10 +336,25 @@ def test_scorecard_reads_the_records_in_natural_order(monkeypatch, tmp_path):
         monkeypatch.setenv("DIFFNOTES_CHAPTER", chapter)
         check(claim_id, "q", measured=1.0, theory=1.0, tol=0.1)
     records = scorecard.load_claims(tmp_path)
-    assert [r["id"] for r in records] == ["T1", "T2", "T10", "T13", "T13a"]
-    assert scorecard.summary_text(records).startswith("5 claims checked during this build: 5 reproduced, 0 not")
-    # The record file of a chapter is the one the extension deletes before the chapter runs again.
+    # Book order: by part (the chapter's folder), then naturally by id.
+    assert [r["id"] for r in records] == ["T2", "T13", "T13a", "T1", "T10"]
+    assert scorecard.summary_text(records).startswith("5 checks ran during this build. Of the 5 claims of the")
     assert scorecard._record_file(tmp_path, "a/one").exists()
+
+
+def test_scorecard_keeps_the_latest_run_of_each_chapter(monkeypatch, tmp_path):
+    pytest.importorskip("sphinx")
+    scorecard = load_scorecard_extension()
+    path = tmp_path / "book_part2_x.jsonl"
+    old = {"id": "T1", "chapter": "book/part2/x", "passed": True, "status": "reproduced", "run": "1-1"}
+    new = [dict(old, id="T2", run="2-2"), dict(old, id="T3", run="2-2", category="consistency",
+                                                  status="consistency check")]
+    path.write_text("\n".join(json.dumps(r) for r in [old, *new]) + "\n")
+    records = scorecard.load_claims(tmp_path)
+    assert [r["id"] for r in records] == ["T2", "T3"]
+    counts = scorecard.counts(records)
+    assert counts["reproduced"] == 1 and counts["consistency check"] == 1 and counts["FAILED"] == 0
+    assert scorecard.counts_by_part(records) == {"part2": counts}
 
 
 def test_scorecard_theory_column_shows_the_rule():
@@ -333,3 +373,13 @@ def test_scorecard_recognises_jupytext_chapters():
     assert scorecard.is_jupytext_source(header)
     assert not scorecard.is_jupytext_source("# A page\n\njupytext: in the body is not a header\n")
     assert not scorecard.is_jupytext_source("---\ntitle: x\n---\njupytext:\n")
+
+
+def test_downloaded_notebooks_lose_myst_roles():
+    pytest.importorskip("sphinx")
+    scorecard = load_scorecard_extension()
+    text = (
+        "See {cite}`a2020,b2021`, {func}`~diffnotes.samplers.ddim`, {doc}`samplers`, {math}`x^2` "
+        "and {py:class}`T <x.T>`."
+    )
+    assert scorecard.plain_markdown(text) == "See [a2020, b2021], `ddim`, samplers, $x^2$ and T."

@@ -9,10 +9,11 @@ Scorecard
     Chapters execute inside the MyST-NB parser, one at a time, in a kernel started from this process, so the
     kernel inherits :data:`os.environ`. This extension therefore
 
-    * sets ``DIFFNOTES_CLAIMS_DIR`` to ``<outdir>/../claims`` (``_build/claims``) when the builder starts,
-      emptied on a fresh build;
-    * sets ``DIFFNOTES_CHAPTER`` to the docname of each page just before it is parsed (``source-read``) and
-      drops that page's earlier records, so that a page read again replaces its claims;
+    * sets ``DIFFNOTES_CLAIMS_DIR`` to ``<outdir>/../claims`` (``_build/claims``) when the builder starts; the
+      chapters executed before the build by the notebook tests (``book/_ext/chapters.py``) recorded their claims
+      there already;
+    * sets ``DIFFNOTES_CHAPTER`` to the docname of each page just before it is parsed (``source-read``), for a
+      chapter the build executes itself; the latest run of each chapter replaces its earlier records;
     * replaces each ``{scorecard}`` directive, in the write phase (after every chapter has executed), by a
       table of all recorded claims, and warns when there is none: a scorecard that shows nothing is a defect;
     * writes ``_static/scorecard.json`` into the HTML output when the build finishes.
@@ -28,7 +29,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,7 @@ JSON_FIELDS = (
     "measured",
     "passed",
     "status",
+    "category",
     "note",
 )
 DOWNLOAD_TEXT = "Download this chapter as a Jupyter notebook (.ipynb)"
@@ -129,10 +130,9 @@ def is_jupytext_source(text: str) -> bool:
 
 
 def on_builder_inited(app: Sphinx) -> None:
+    # The records are kept: chapters executed before the build (make test) recorded theirs here, and a chapter
+    # the build executes again appends a newer run, which replaces the older one (load_claims).
     claims_dir = _claims_dir(app)
-    if not app.env.all_docs and claims_dir.exists():
-        # A fresh build: every page is read (and executed) again.
-        shutil.rmtree(claims_dir)
     claims_dir.mkdir(parents=True, exist_ok=True)
     os.environ[CLAIMS_ENV] = str(claims_dir)
 
@@ -140,7 +140,6 @@ def on_builder_inited(app: Sphinx) -> None:
 def on_source_read(app: Sphinx, docname: str, source: list[str]) -> None:
     # The kernel that executes this page is started by the parser, right after this event, from this process.
     os.environ[CHAPTER_ENV] = docname
-    _record_file(_claims_dir(app), docname).unlink(missing_ok=True)
     notebooks = _notebook_docs(app.env)
     if is_jupytext_source(source[0]):
         notebooks.add(docname)
@@ -149,7 +148,6 @@ def on_source_read(app: Sphinx, docname: str, source: list[str]) -> None:
 
 
 def on_env_purge_doc(app: Sphinx, env: BuildEnvironment, docname: str) -> None:
-    _record_file(_claims_dir(app), docname).unlink(missing_ok=True)
     _scorecard_docs(env).discard(docname)
     _notebook_docs(env).discard(docname)
 
@@ -170,10 +168,16 @@ def on_env_get_outdated(app: Sphinx, env: BuildEnvironment, added, changed, remo
 
 
 def load_claims(claims_dir: Path) -> list[dict[str, Any]]:
-    """Every record under ``claims_dir``, sorted naturally by id, then by chapter, then by recording order."""
+    """Every record under ``claims_dir`` of the latest run of each chapter, in book order.
+
+    A chapter executed more than once (by the notebook tests and again by the build, say) appends the records of
+    each run; only those of its latest run (the ``run`` of its last record) are kept. Records are ordered by part
+    (the folder of the chapter, ``book/part2/...``), then naturally by id, then by chapter and recording order.
+    """
     records = []
     if claims_dir.is_dir():
         for path in sorted(claims_dir.glob("*.jsonl")):
+            chapter_records = []
             with open(path, encoding="utf-8") as fh:
                 for lineno, line in enumerate(fh, start=1):
                     line = line.strip()
@@ -185,11 +189,27 @@ def load_claims(claims_dir: Path) -> list[dict[str, Any]]:
                         logger.warning("scorecard: %s line %d is not JSON (%s)", path, lineno, err)
                         continue
                     record["_order"] = (path.name, lineno)
-                    records.append(record)
-    records.sort(key=lambda r: (natural_key(str(r.get("id", ""))), r.get("chapter", ""), r["_order"]))
+                    chapter_records.append(record)
+            if chapter_records:
+                latest = chapter_records[-1].get("run")
+                records += [r for r in chapter_records if r.get("run") == latest]
+    records.sort(
+        key=lambda r: (
+            part_of(str(r.get("chapter", ""))),
+            natural_key(str(r.get("id", ""))),
+            r.get("chapter", ""),
+            r["_order"],
+        )
+    )
     for record in records:
         del record["_order"]
     return records
+
+
+def part_of(chapter: str) -> str:
+    """The part a chapter belongs to: the folder of its docname (``book/part2/samplers`` -> ``part2``)."""
+    parts = chapter.split("/")
+    return parts[-2] if len(parts) >= 2 else ""
 
 
 def natural_key(text: str) -> tuple:
@@ -221,22 +241,44 @@ def theory_text(record: dict[str, Any]) -> str:
     return f"{_fmt(theory)} ({kind}, tolerance {_fmt(tol)})"
 
 
-def summary_text(records: list[dict[str, Any]]) -> str:
-    counts = {REPRODUCED: 0, NOT_VISIBLE: 0}
-    failed = 0
+CATEGORY_TITLES = {
+    "claim": "Claims of the review",
+    "illustration": "Illustrations (an effect shown against a stated threshold that no theory sets)",
+    "consistency": "Consistency checks (identities that hold by construction; they fail only on a bug)",
+}
+
+
+def category_of(record: dict[str, Any]) -> str:
+    return str(record.get("category") or "claim")
+
+
+def counts(records: list[dict[str, Any]]) -> dict[str, int]:
+    """How many records are reproduced, not visible, illustrations, consistency checks and failed."""
+    out = {REPRODUCED: 0, NOT_VISIBLE: 0, "illustration": 0, "consistency check": 0, "FAILED": 0}
     for record in records:
-        if not record.get("passed", False):
-            failed += 1
-        elif record.get("status") in counts:
-            counts[record["status"]] += 1
-    n = len(records)
+        status = "FAILED" if not record.get("passed", False) else str(record.get("status"))
+        out[status] = out.get(status, 0) + 1
+    return out
+
+
+def summary_text(records: list[dict[str, Any]]) -> str:
+    c = counts(records)
+    n_claims = sum(1 for r in records if category_of(r) == "claim")
     text = (
-        f"{n} claim{'s' if n != 1 else ''} checked during this build: {counts[REPRODUCED]} reproduced, "
-        f"{counts[NOT_VISIBLE]} not visible at this size"
+        f"{len(records)} checks ran during this build. Of the {n_claims} claims of the review, {c[REPRODUCED]} "
+        f"are reproduced and {c[NOT_VISIBLE]} are not visible at this size; besides them, "
+        f"{c['illustration']} illustrations and {c['consistency check']} consistency checks"
     )
-    if failed:
-        text += f", {failed} FAILED"
+    if c["FAILED"]:
+        text += f"; {c['FAILED']} FAILED"
     return text + "."
+
+
+def counts_by_part(records: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    parts: dict[str, list[dict[str, Any]]] = {}
+    for record in records:
+        parts.setdefault(part_of(str(record.get("chapter", ""))), []).append(record)
+    return {part: counts(items) for part, items in parts.items()}
 
 
 def _para(*children: nodes.Node | str) -> nodes.paragraph:
@@ -248,8 +290,8 @@ def _para(*children: nodes.Node | str) -> nodes.paragraph:
 
 def build_table(app: Sphinx, fromdocname: str, records: list[dict[str, Any]]) -> nodes.table:
     env = app.env
-    headers = ["Claim", "Chapter", "Quantity", "Theory", "Measured", "Verdict"]
-    widths = [6, 18, 36, 14, 10, 16]
+    headers = ["Check", "Verdict", "Quantity (chapter)", "Theory", "Measured"]
+    widths = [9, 13, 50, 16, 12]
     table = nodes.table(classes=["diffnotes-scorecard"])
     tgroup = nodes.tgroup(cols=len(headers))
     table += tgroup
@@ -273,17 +315,16 @@ def build_table(app: Sphinx, fromdocname: str, records: list[dict[str, Any]]) ->
         else:
             chapter_cell = _para(chapter or "(no chapter)")
         note = str(record.get("note") or "")
-        quantity_cell = _para(str(record.get("quantity", "")))
+        quantity = [_para(str(record.get("quantity", ""))), chapter_cell]
+        if note:
+            quantity.insert(1, _para(nodes.emphasis("", note)))
         cells = [
             _para(nodes.strong("", str(record.get("id", "")))),
-            chapter_cell,
-            quantity_cell,
+            _para(str(record.get("status", ""))),
+            nodes.container("", *quantity),
             _para(theory_text(record)),
             _para(_fmt(record.get("measured"))),
-            _para(str(record.get("status", ""))),
         ]
-        if note:
-            cells[2] = nodes.container("", quantity_cell, _para(nodes.emphasis("", note)))
         row = nodes.row(classes=["diffnotes-" + ("pass" if record.get("passed") else "fail")])
         for cell in cells:
             row += nodes.entry("", cell)
@@ -291,10 +332,38 @@ def build_table(app: Sphinx, fromdocname: str, records: list[dict[str, Any]]) ->
     return table
 
 
+def counts_table(app: Sphinx, records: list[dict[str, Any]]) -> nodes.table:
+    """Counts per part: reproduced, not visible, illustrations, consistency checks, failed."""
+    names = {}
+    for part in ("part1", "part2", "part3", "part4", "part5", "part6"):
+        names[part] = f"Part {part[-1]}"
+    headers = ["Part", REPRODUCED, NOT_VISIBLE, "illustration", "consistency check", "FAILED"]
+    table = nodes.table(classes=["diffnotes-scorecard-counts"])
+    tgroup = nodes.tgroup(cols=len(headers))
+    table += tgroup
+    for _ in headers:
+        tgroup += nodes.colspec(colwidth=1)
+    thead = nodes.thead()
+    tgroup += thead
+    row = nodes.row()
+    for header in headers:
+        row += nodes.entry("", _para(header))
+    thead += row
+    tbody = nodes.tbody()
+    tgroup += tbody
+    for part, c in counts_by_part(records).items():
+        row = nodes.row()
+        row += nodes.entry("", _para(names.get(part, part or "(other)")))
+        for header in headers[1:]:
+            row += nodes.entry("", _para(str(c.get(header, 0))))
+        tbody += row
+    return table
+
+
 def on_doctree_resolved(app: Sphinx, doctree: nodes.document, docname: str) -> None:
     placeholders = list(doctree.findall(scorecard_placeholder))
     if placeholders:
-        records = load_claims(_claims_dir(app))
+        records = [r for r in load_claims(_claims_dir(app)) if r.get("chapter") in app.env.all_docs]
         for node in placeholders:
             if not records:
                 logger.warning(
@@ -305,8 +374,12 @@ def on_doctree_resolved(app: Sphinx, doctree: nodes.document, docname: str) -> N
                 )
                 node.replace_self(_para("No claim was recorded during this build."))
                 continue
-            content: list[nodes.Node] = [_para(summary_text(records))]
-            content.append(build_table(app, docname, records))
+            content: list[nodes.Node] = [_para(summary_text(records)), counts_table(app, records)]
+            for category, title in CATEGORY_TITLES.items():
+                chosen = [r for r in records if category_of(r) == category]
+                if chosen:
+                    content.append(nodes.rubric("", f"{title}: {len(chosen)}"))
+                    content.append(build_table(app, docname, chosen))
             if app.builder.format == "html":
                 json_uri = relative_uri(app.builder.get_target_uri(docname), f"_static/{JSON_NAME}")
                 rules = "; ".join(f"{kind}: {rule}" for kind, rule in _RULES.items())
@@ -341,13 +414,54 @@ def _insert_download_link(app: Sphinx, doctree: nodes.document, docname: str) ->
 # --------------------------------------------------------------------------- outputs
 
 
-def write_notebook(source: Path, destination: Path) -> None:
-    """Convert a MyST Markdown notebook to ``.ipynb`` with jupytext."""
-    import jupytext
+# MyST roles shown as literal text by Jupyter: {cite}`a,b`, {func}`~diffnotes.x.y`, {doc}`page`, {math}`x`, ...
+_ROLE = re.compile(r"\{(?P<role>[a-z:]+)\}`(?P<text>[^`]*)`")
+SETUP_NOTE = (
+    "*This notebook is a chapter of the diffnotes book, downloaded with the outputs of the book's build.* "
+    "To run it, clone the repository{repo}, run `make venv` there (Python 3.11+), then start Jupyter from the "
+    "environment it creates: `.venv/bin/pip install jupyterlab && .venv/bin/jupyter lab`. Every chapter runs "
+    "on a laptop CPU in under a minute."
+)
 
-    notebook = jupytext.read(source)
+
+def plain_markdown(text: str) -> str:
+    """Markdown with MyST roles replaced by what Jupyter can show: code for API names, brackets for citations."""
+
+    def replace(match: re.Match) -> str:
+        role, body = match.group("role"), match.group("text")
+        if role == "math":
+            return f"${body}$"
+        if role.startswith("cite"):
+            return "[" + body.replace(",", ", ") + "]"
+        label = re.match(r"^(.*?)\s*<([^>]*)>$", body)
+        if label:
+            return label.group(1)
+        if role in ("doc", "ref", "numref", "eq"):
+            return body
+        name = body.lstrip("~")
+        return f"`{name.split('.')[-1] if body.startswith('~') else name}`"
+
+    return _ROLE.sub(replace, text)
+
+
+def write_notebook(source: Path, destination: Path, executed: Path | None = None, repository: str = "") -> None:
+    """Write the downloadable notebook of a chapter.
+
+    The executed notebook of the build (``executed``, with outputs) is used when there is one, else the source is
+    converted with jupytext. Markdown cells lose their MyST roles, and a first cell says how to run the chapter.
+    """
+    import jupytext
+    import nbformat
+
+    notebook = nbformat.read(executed, as_version=4) if executed and executed.exists() else jupytext.read(source)
+    for cell in notebook.cells:
+        if cell.cell_type == "markdown":
+            cell.source = plain_markdown(cell.source)
+    notebook.metadata.pop("source_map", None)
+    repo = f" ({repository})" if repository else ""
+    notebook.cells.insert(0, nbformat.v4.new_markdown_cell(SETUP_NOTE.format(repo=repo)))
     destination.parent.mkdir(parents=True, exist_ok=True)
-    jupytext.write(notebook, destination, fmt="ipynb")
+    nbformat.write(notebook, destination)
 
 
 def on_build_finished(app: Sphinx, exception: Exception | None) -> None:
@@ -358,13 +472,36 @@ def on_build_finished(app: Sphinx, exception: Exception | None) -> None:
         if docname not in app.env.all_docs:
             continue
         destination = outdir / NOTEBOOK_DIR / (docname + ".ipynb")
-        write_notebook(Path(app.env.doc2path(docname)), destination)
-    records = load_claims(_claims_dir(app))
+        executed = outdir.parent / "jupyter_execute" / (docname + ".ipynb")
+        repository = (app.config.html_theme_options or {}).get("repository_url", "") or ""
+        write_notebook(Path(app.env.doc2path(docname)), destination, executed, repository)
+    records = [r for r in load_claims(_claims_dir(app)) if r.get("chapter") in app.env.all_docs]
     static = outdir / "_static"
     static.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "counts": counts(records),
+        "counts_by_part": counts_by_part(records),
+        "checks": [{key: record.get(key) for key in JSON_FIELDS} for record in records],
+    }
     with open(static / JSON_NAME, "w", encoding="utf-8") as fh:
-        json.dump([{key: record.get(key) for key in JSON_FIELDS} for record in records], fh, indent=1)
+        json.dump(payload, fh, indent=1)
         fh.write("\n")
+
+
+def on_html_page_context(app: Sphinx, pagename: str, templatename: str, context: dict, doctree) -> None:
+    # sphinx-thebe adds its configuration script twice to each page ("THEBE_JS_URL has already been declared"):
+    # keep the first copy of every script. A first visit (nothing in the browser's storage) must not log
+    # "Got invalid theme mode" to the console: the theme's mode defaults to "auto".
+    context["default_mode"] = context.get("default_mode") or "auto"
+    seen, scripts = set(), []
+    for script in context.get("script_files", []):
+        attributes = getattr(script, "attributes", {}) or {}
+        key = (str(script), tuple(sorted((k, str(v)) for k, v in attributes.items())))
+        if key not in seen:
+            seen.add(key)
+            scripts.append(script)
+    # In place: the list is the builder's, to which extensions that run later (MathJax) still add their scripts.
+    context.get("script_files", [])[:] = scripts
 
 
 def setup(app: Sphinx) -> dict[str, Any]:
@@ -377,6 +514,8 @@ def setup(app: Sphinx) -> dict[str, Any]:
         texinfo=(_skip, None),
     )
     app.add_directive("scorecard", ScorecardDirective)
+    # Early: html-page-context stops at the first handler that returns a template.
+    app.connect("html-page-context", on_html_page_context, priority=100)
     app.connect("builder-inited", on_builder_inited)
     app.connect("source-read", on_source_read)
     app.connect("env-purge-doc", on_env_purge_doc)

@@ -1,0 +1,193 @@
+"""Execute every chapter once, in parallel, as a test, and hand the executed notebooks to the book.
+
+The chapters are executed once per CI run, by nbval, and the book is assembled from those executed notebooks:
+
+``convert``
+    Reads each chapter (``book/**/*.md`` with a jupytext header) with MyST-NB's own reader, the one the book build
+    uses, and writes it as ``_build/nbval/<docname>.ipynb``. Because the reader is the same, the notebook MyST-NB
+    reads at build time hashes to the same jupyter-cache key as the notebook executed here.
+``pytest -p chapters --nbval-lax ... _build/nbval`` (this module is also a pytest plugin)
+    nbval executes the chapters, two at a time under pytest-xdist (``--dist loadfile``), and fails on a chapter that
+    raises. The plugin
+
+    * sets ``DIFFNOTES_CHAPTER`` to the chapter's docname before its kernel starts, so that the claims the chapter
+      checks are recorded for the Scorecard (``diffnotes.claims``, ``DIFFNOTES_CLAIMS_DIR``);
+    * keeps each cell's outputs (nbval already merges consecutive stream outputs) and, when every cell of a chapter
+      has passed, writes the executed notebook and its wall time to ``_build/executed/<docname>.ipynb``.
+``fill-cache``
+    Stores the executed notebooks in the jupyter-cache that MyST-NB reads in ``cache`` execution mode
+    (``_build/.jupyter_cache``). A chapter whose source changed since it was executed no longer matches its cache
+    entry; MyST-NB then executes it during the build, as a plain build would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+NBVAL_DIR = ROOT / "_build" / "nbval"
+EXECUTED_DIR = ROOT / "_build" / "executed"
+CACHE_DIR = ROOT / "_build" / ".jupyter_cache"
+CHAPTER_ENV = "DIFFNOTES_CHAPTER"
+_FRONT_MATTER = re.compile(r"\A---[ \t]*\r?\n(.*?)\r?\n---[ \t]*(\r?\n|\Z)", re.DOTALL)
+
+
+def is_chapter(text: str) -> bool:
+    """Whether a MyST source is a notebook chapter: its front matter has a ``jupytext`` key."""
+    match = _FRONT_MATTER.match(text)
+    return bool(match) and re.search(r"^jupytext\s*:", match.group(1), re.MULTILINE) is not None
+
+
+def chapter_sources(book: Path = ROOT / "book") -> list[Path]:
+    """Every chapter source under ``book/``, sorted."""
+    return sorted(
+        path
+        for path in book.rglob("*.md")
+        if "_ext" not in path.parts and ".ipynb_checkpoints" not in path.parts
+        and is_chapter(path.read_text(encoding="utf-8"))
+    )
+
+
+def read_chapter(path: Path):
+    """A chapter as the notebook MyST-NB's reader makes of it during the build."""
+    from myst_nb.core.read import read_myst_markdown_notebook
+    from myst_parser.config.main import MdParserConfig
+
+    return read_myst_markdown_notebook(
+        path.read_text(encoding="utf-8"), config=MdParserConfig(), add_source_map=True, path=path
+    )
+
+
+def docname(path: Path) -> str:
+    """The Sphinx docname of a chapter (or of its converted notebook): ``book/part2/samplers``."""
+    path = Path(path).resolve()
+    for base in (NBVAL_DIR, EXECUTED_DIR, ROOT):
+        try:
+            return path.relative_to(base).with_suffix("").as_posix()
+        except ValueError:
+            continue
+    return path.with_suffix("").name
+
+
+def convert() -> list[Path]:
+    """Write every chapter as ``_build/nbval/<docname>.ipynb``; returns the written paths."""
+    import nbformat
+
+    written = []
+    for source in chapter_sources():
+        out = NBVAL_DIR / (docname(source) + ".ipynb")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        nbformat.write(read_chapter(source), out)
+        written.append(out)
+    return written
+
+
+def fill_cache() -> int:
+    """Store every executed notebook in MyST-NB's jupyter-cache; returns how many were stored."""
+    import nbformat
+    from jupyter_cache import get_cache
+    from jupyter_cache.base import CacheBundleIn
+
+    cache = get_cache(str(CACHE_DIR))
+    stored = 0
+    for path in sorted(EXECUTED_DIR.rglob("*.ipynb")):
+        notebook = nbformat.read(path, as_version=4)
+        seconds = notebook.metadata.get("diffnotes", {}).get("execution_seconds")
+        source = ROOT / (docname(path) + ".md")
+        cache.cache_notebook_bundle(
+            CacheBundleIn(notebook, str(source), data={"execution_seconds": seconds}),
+            check_validity=False,
+            overwrite=True,
+        )
+        stored += 1
+    return stored
+
+
+# --------------------------------------------------------------------------- pytest plugin (loaded with -p chapters)
+
+_started: dict[str, float] = {}
+_failed: set[str] = set()
+
+
+def _is_nbval_cell(item) -> bool:
+    return type(item).__name__ == "IPyNbCell" and hasattr(item, "cell")
+
+
+def pytest_runtest_setup(item):
+    # Runs before nbval's own setup, which starts the chapter's kernel from this process's environment.
+    if _is_nbval_cell(item):
+        name = docname(Path(str(item.parent.fspath)))
+        if name not in _started:
+            os.environ[CHAPTER_ENV] = name
+            _started[name] = time.perf_counter()
+
+
+def pytest_runtest_logreport(report):
+    if report.failed and report.when in ("setup", "call"):
+        _failed.add(report.nodeid.split("::")[0])
+
+
+def pytest_runtest_teardown(item, nextitem):
+    if not _is_nbval_cell(item):
+        return
+    cell = item.cell
+    if item.test_outputs is not None:
+        cell.outputs = item.test_outputs
+        cell.execution_count = item.cell_num + 1
+        for out in cell.outputs:
+            if out.get("output_type") == "execute_result":
+                out["execution_count"] = cell.execution_count
+    last = nextitem is None or nextitem.parent is not item.parent
+    if last:
+        _write_executed(item)
+
+
+def _write_executed(item) -> None:
+    import nbformat
+
+    path = Path(str(item.parent.fspath))
+    name = docname(path)
+    if item.nodeid.split("::")[0] in _failed:
+        return
+    notebook = item.parent.nb
+    seconds = time.perf_counter() - _started.get(name, time.perf_counter())
+    notebook.metadata["diffnotes"] = {"execution_seconds": round(seconds, 3)}
+    out = EXECUTED_DIR / (name + ".ipynb")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(notebook, out)
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("command", choices=["convert", "fill-cache", "list", "times"])
+    args = parser.parse_args(argv)
+    if args.command == "convert":
+        for path in convert():
+            print(f"chapter -> {path.relative_to(ROOT)}")
+    elif args.command == "fill-cache":
+        print(f"{fill_cache()} executed chapters stored in {CACHE_DIR.relative_to(ROOT)}")
+    elif args.command == "list":
+        for path in chapter_sources():
+            print(path.relative_to(ROOT))
+    else:
+        times = {}
+        for path in sorted(EXECUTED_DIR.rglob("*.ipynb")):
+            meta = json.loads(path.read_text(encoding="utf-8"))["metadata"].get("diffnotes", {})
+            times[docname(path)] = meta.get("execution_seconds")
+        for name, seconds in times.items():
+            print(f"{seconds:8.1f} s  {name}")
+        print(f"{sum(times.values()):8.1f} s  in all ({len(times)} chapters)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
