@@ -49,6 +49,7 @@ import scipy.stats
 from . import _checks
 
 __all__ = [
+    "marginal_sampler",
     "gaussian_kl",
     "gaussian_w2",
     "gaussian_tv_1d",
@@ -823,3 +824,34 @@ def energy_permutation_test(x, y, n_permutations: int = 200, rng=None) -> Permut
     between = ((1 - labels) * DL).sum(0) / (m * n)
     dist = 2 * between - within_x - within_y  # the V-statistic of energy_distance, for every labelling
     return PermutationTest(float(dist[0]), dist[1:], float(np.mean(dist >= dist[0])))
+
+
+def marginal_sampler(target, t: float) -> Callable:
+    """Exact draws of a target's diffused law P_t, as the ``sample(m, rng)`` that :func:`noise_floor` takes.
+
+    Each call seeds a fresh ``torch.Generator`` from the numpy generator ``rng`` and returns
+    ``target.sample_marginal(m, t, generator).numpy()``. Used by the chapters *Samplers*, *Learning the score* and
+    *Faster sampling* for two-sample floors.
+
+    Parameters
+    ----------
+    target
+        Any object with ``sample_marginal(n, t, generator)`` (the exact targets of :mod:`diffnotes.targets`).
+    t : float
+        The diffusion time of the law drawn from.
+
+    Returns
+    -------
+    callable
+        ``sample(m, rng) -> numpy.ndarray`` of shape (m, D).
+    """
+    if not callable(getattr(target, "sample_marginal", None)):
+        raise TypeError(f"target must have a sample_marginal(n, t, generator) method, got {type(target).__name__}")
+
+    def sample(m: int, rng: np.random.Generator) -> np.ndarray:
+        import torch
+
+        generator = torch.Generator().manual_seed(int(rng.integers(2**31)))
+        return target.sample_marginal(m, t, generator).numpy()
+
+    return sample

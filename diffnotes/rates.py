@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["Slope", "loglog_slope"]
+__all__ = ["Slope", "loglog_slope", "covered_tol"]
 
 
 class Slope(NamedTuple):
@@ -106,3 +106,28 @@ def loglog_slope(x, y, n_boot: int = 2000, rng=None, level: float = 0.95) -> Slo
     if not (math.isfinite(low) and math.isfinite(high)):
         raise ValueError("the bootstrap produced non-finite slopes")
     return Slope(b, a, float(low), float(high))
+
+
+def covered_tol(fit: Slope, theory: float) -> float:
+    """The tolerance under which a slope's bootstrap interval covers a theory value.
+
+    The distance from the fitted slope to the end of its interval on the theory's side: ``|slope - theory| <= tol``
+    exactly when ``fit.low <= theory <= fit.high``. Used by the chapters *Sample complexity of score estimation* and
+    *Distribution estimation*.
+
+    Parameters
+    ----------
+    fit : Slope
+        A fit returned by :func:`loglog_slope`.
+    theory : float
+        The slope the theory predicts.
+
+    Returns
+    -------
+    float
+        ``fit.high - fit.slope`` when the theory lies above the slope, else ``fit.slope - fit.low``.
+    """
+    theory = float(theory)
+    if not math.isfinite(theory):
+        raise ValueError(f"theory must be finite, got {theory}")
+    return fit.high - fit.slope if theory > fit.slope else fit.slope - fit.low

@@ -438,3 +438,20 @@ def test_density_tv_against_exact_values():
         density_tv(np.ones(3), q, edges)
     with pytest.raises(ValueError, match="non-negative"):
         density_tv(lambda m: -p(m), q, edges)
+
+
+def test_marginal_sampler_draws_the_exact_marginal_reproducibly():
+    import torch
+
+    from diffnotes.metrics import marginal_sampler
+    from diffnotes.targets import Gaussian
+
+    target = Gaussian(mean=[1.0, -1.0], cov=[[1.0, 0.0], [0.0, 4.0]])
+    sample = marginal_sampler(target, 0.5)
+    a, b = sample(4000, np.random.default_rng(0)), sample(4000, np.random.default_rng(0))
+    assert a.shape == (4000, 2) and np.array_equal(a, b)
+    expected = target.sample_marginal(4000, 0.5, torch.Generator().manual_seed(
+        int(np.random.default_rng(0).integers(2**31)))).numpy()
+    assert np.array_equal(a, expected)
+    with pytest.raises(TypeError, match="sample_marginal"):
+        marginal_sampler(object(), 0.5)

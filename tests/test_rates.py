@@ -38,3 +38,14 @@ def test_bad_inputs_raise():
         loglog_slope([1, 2, 3], [1, 2, 3], n_boot=10)
     with pytest.raises(ValueError, match="level"):
         loglog_slope([1, 2, 3], [1, 2, 3], level=1.5)
+
+
+def test_covered_tol_is_the_coverage_of_the_bootstrap_interval():
+    from diffnotes.rates import covered_tol
+
+    rng = np.random.default_rng(3)
+    x = np.geomspace(10, 1e4, 8)
+    fit = loglog_slope(x, x**-0.5 * np.exp(rng.normal(0, 0.1, x.size)), rng=rng)
+    for theory in np.linspace(fit.slope - 0.5, fit.slope + 0.5, 41):
+        covered = fit.low <= theory <= fit.high
+        assert (abs(fit.slope - theory) <= covered_tol(fit, theory)) is covered
