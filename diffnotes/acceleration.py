@@ -30,7 +30,7 @@ from torch import nn
 
 from ._checks import positive_int, sample, sde_or_default
 from .losses import _reduce
-from .networks import _mlp
+from .networks import _mlp, seeded
 from .samplers import _check_times, exponential_multistep
 from .sde import VPSDE, as_time
 from .targets import GaussianMixture, SubspaceMixture
@@ -307,12 +307,17 @@ def distillation_loss(student: Callable, z: torch.Tensor, x: torch.Tensor, *, ge
 
 
 class StudentMLP(nn.Module):
-    r"""A one-step generator :math:`G(z) = z + \mathrm{MLP}(z)` (a residual MLP, SiLU activations)."""
+    r"""A one-step generator :math:`G(z) = z + \mathrm{MLP}(z)` (a residual MLP, SiLU activations).
 
-    def __init__(self, dim: int, hidden: int = 64, depth: int = 2):
+    ``generator`` (an int, a torch or a numpy generator) is the source of the initial weights
+    (:func:`~diffnotes.networks.seeded`); by default torch's global generator.
+    """
+
+    def __init__(self, dim: int, hidden: int = 64, depth: int = 2, *, generator=None):
         super().__init__()
         dim, hidden, depth = (positive_int(v, k) for k, v in (("dim", dim), ("hidden", hidden), ("depth", depth)))
-        self.dim, self.net = dim, _mlp(dim, hidden, depth, dim)
+        with seeded(generator):  # initial weights from the generator (int, torch or numpy), if given
+            self.dim, self.net = dim, _mlp(dim, hidden, depth, dim)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """G(z) for z of shape (n, dim), in the dtype of z."""

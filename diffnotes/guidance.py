@@ -36,7 +36,7 @@ from torch import nn
 
 from . import _checks
 from .losses import _interval, _reduce, _times_and_noise
-from .networks import SinusoidalEmbedding, _mlp, _param_like
+from .networks import SinusoidalEmbedding, _mlp, _param_like, seeded
 from .sde import VPSDE
 
 __all__ = [
@@ -395,15 +395,18 @@ class NoisyClassifier(nn.Module):
         Embed :math:`\log t` or t.
     embedding_dim : int
         Width of the time embedding.
+    generator : int, torch.Generator or numpy.random.Generator, optional
+        Source of the initial weights (see :func:`~diffnotes.networks.seeded`); default torch's global generator.
     """
 
     def __init__(self, dim: int, n_classes: int, hidden: int = 64, depth: int = 2, time_embedding: str = "log",
-                 embedding_dim: int = 32):
+                 embedding_dim: int = 32, *, generator=None):
         super().__init__()
         _checks.sizes(dim=dim, n_classes=n_classes, hidden=hidden, depth=depth)
         self.dim, self.n_classes = int(dim), int(n_classes)
         self.embedding = SinusoidalEmbedding(embedding_dim, time_embedding)
-        self.net = _mlp(self.dim + self.embedding.n_features, int(hidden), int(depth), self.n_classes)
+        with seeded(generator):
+            self.net = _mlp(self.dim + self.embedding.n_features, int(hidden), int(depth), self.n_classes)
 
     def forward(self, x: torch.Tensor, t) -> torch.Tensor:
         """Log-probabilities (n, C) of the classes given x (n, D) at times t (a float or (n,))."""

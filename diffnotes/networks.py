@@ -25,8 +25,9 @@ References: :cite:p:`ho2020denoising,song2021score,ho2022classifier,chen2023scor
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
@@ -41,6 +42,7 @@ __all__ = [
     "EncoderDecoderScore",
     "UNet",
     "n_parameters",
+    "seeded",
     "ScoreAdapter",
     "LabelledScore",
     "as_score",
@@ -58,6 +60,27 @@ PREDICTIONS = {
 
 
 # -- helpers ----------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def seeded(generator=None) -> Iterator[None]:
+    """Layers built inside this block draw their initial weights from ``generator``, not from torch's global one.
+
+    Every network constructor of the package takes ``generator=`` (an int seed, a :class:`torch.Generator` or a
+    :class:`numpy.random.Generator`) and builds its layers inside ``seeded(generator)``: one seed is drawn from the
+    generator and torch's CPU generator is re-seeded with it inside a :func:`torch.random.fork_rng` block, so the
+    weights are reproducible from the caller's generator and the global generator's state is the same after the
+    block as before (nothing is seeded globally).  ``generator=None`` leaves the global generator in charge (the
+    usual PyTorch behaviour).  Use it for one's own layers too: ``with seeded(gen): head = nn.Linear(4, 2)``.
+    """
+    gen = _checks.generator(generator)
+    if gen is None:
+        yield
+        return
+    seed = int(torch.randint(0, 2**62, (), generator=gen, device=gen.device))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
 def _param_like(module: nn.Module) -> torch.Tensor:
     """A tensor carrying the dtype and device of the module's parameters."""
     for p in module.parameters():
@@ -147,17 +170,20 @@ class ScoreMLP(nn.Module):
         Embed :math:`\log t` (default) or :math:`t`.
     embedding_dim : int
         Width of the time embedding (even).
+    generator : int, torch.Generator or numpy.random.Generator, optional
+        Source of the initial weights (see :func:`seeded`); default torch's global generator.
     """
 
     conditional = False
 
     def __init__(self, dim: int, hidden: int = 128, depth: int = 3, time_embedding: str = "log",
-                 embedding_dim: int = 32):
+                 embedding_dim: int = 32, *, generator=None):
         super().__init__()
         _checks.sizes(dim=dim, hidden=hidden, depth=depth)
         self.dim = int(dim)
         self.embedding = SinusoidalEmbedding(embedding_dim, time_embedding)
-        self.net = _mlp(self.dim + self.embedding.n_features, int(hidden), int(depth), self.dim)
+        with seeded(generator):
+            self.net = _mlp(self.dim + self.embedding.n_features, int(hidden), int(depth), self.dim)
 
     def forward(self, x: torch.Tensor, t) -> torch.Tensor:
         """The network output for inputs x (n, D) and times t (a float or an (n,) tensor), shaped like x."""
@@ -190,20 +216,23 @@ class ConditionalScoreMLP(nn.Module):
         As in :class:`ScoreMLP`.
     class_embedding_dim : int
         Width of the learned class embedding.
+    generator : int, torch.Generator or numpy.random.Generator, optional
+        Source of the initial weights (see :func:`seeded`); default torch's global generator.
     """
 
     conditional = True
 
     def __init__(self, dim: int, n_classes: int, hidden: int = 128, depth: int = 3, time_embedding: str = "log",
-                 embedding_dim: int = 32, class_embedding_dim: int = 16):
+                 embedding_dim: int = 32, class_embedding_dim: int = 16, *, generator=None):
         super().__init__()
         _checks.sizes(dim=dim, n_classes=n_classes, hidden=hidden, depth=depth,
                      class_embedding_dim=class_embedding_dim)
         self.dim, self.n_classes = int(dim), int(n_classes)
         self.embedding = SinusoidalEmbedding(embedding_dim, time_embedding)
-        self.class_embedding = nn.Embedding(self.n_classes + 1, int(class_embedding_dim))
         width = self.dim + self.embedding.n_features + int(class_embedding_dim)
-        self.net = _mlp(width, int(hidden), int(depth), self.dim)
+        with seeded(generator):
+            self.class_embedding = nn.Embedding(self.n_classes + 1, int(class_embedding_dim))
+            self.net = _mlp(width, int(hidden), int(depth), self.dim)
 
     @property
     def null_label(self) -> int:
@@ -320,8 +349,9 @@ class EncoderDecoderScore(nn.Module):
         latent score g with :math:`f = z + h(t)\,g`.
     hidden, depth, time_embedding, embedding_dim
         The default latent :class:`ScoreMLP` (ignored when ``latent`` is given).
-    generator : torch.Generator, optional
-        Source of the random initial basis (default: torch's global generator, like the other layers' weights).
+    generator : int, torch.Generator or numpy.random.Generator, optional
+        Source of the random initial basis and of the default latent network's weights (see :func:`seeded`;
+        default: torch's global generator).
     """
 
     conditional = False
@@ -329,12 +359,13 @@ class EncoderDecoderScore(nn.Module):
     def __init__(self, dim: int, latent_dim: int, *, sde: VPSDE | None = None, basis=None,
                  learn_basis: bool | None = None, latent: Callable | None = None, latent_output: str = "f",
                  hidden: int = 64, depth: int = 2, time_embedding: str = "log", embedding_dim: int = 32,
-                 generator: torch.Generator | None = None):
+                 generator=None):
         super().__init__()
         _checks.sizes(dim=dim, latent_dim=latent_dim)
         if latent_dim > dim:
             raise ValueError(f"the latent dimension d = {latent_dim} cannot exceed the ambient dimension D = {dim}")
         self.dim, self.latent_dim = int(dim), int(latent_dim)
+        generator = _checks.generator(generator)
         sde = _checks.sde_or_default(sde)
         self.sde = sde
         if latent_output not in ("f", "score"):
@@ -355,7 +386,7 @@ class EncoderDecoderScore(nn.Module):
             self.register_buffer("fixed_basis", start)
         if latent is None:
             _checks.sizes(hidden=hidden, depth=depth)
-            latent = ScoreMLP(self.latent_dim, hidden, depth, time_embedding, embedding_dim)
+            latent = ScoreMLP(self.latent_dim, hidden, depth, time_embedding, embedding_dim, generator=generator)
         if isinstance(latent, nn.Module):
             self.latent = latent
         elif callable(latent):
@@ -466,12 +497,14 @@ class UNet(nn.Module):
         Embed :math:`\log t` (default) or :math:`t`.
     groups : int
         Largest number of GroupNorm groups (the largest divisor of the channel count up to it is used).
+    generator : int, torch.Generator or numpy.random.Generator, optional
+        Source of the initial weights (see :func:`seeded`); default torch's global generator.
     """
 
     conditional = False
 
     def __init__(self, image_shape, channels=(16, 32), *, embedding_dim: int = 32, time_embedding: str = "log",
-                 groups: int = 8):
+                 groups: int = 8, generator=None):
         super().__init__()
         shape = tuple(image_shape) if isinstance(image_shape, (tuple, list, torch.Size)) else None
         if shape is None or len(shape) != 3 or any(isinstance(v, bool) or int(v) != v or v < 1 for v in shape):
@@ -488,7 +521,10 @@ class UNet(nn.Module):
         self.image_shape, self.channels = (C, H, W), tuple(int(c) for c in chans)
         self.dim = C * H * W
         self.embedding = SinusoidalEmbedding(embedding_dim, time_embedding)
-        t_dim = 4 * self.channels[0]
+        with seeded(generator):
+            self._build(C, t_dim=4 * self.channels[0], groups=groups)
+
+    def _build(self, C: int, t_dim: int, groups: int) -> None:
         self.time_mlp = nn.Sequential(nn.Linear(self.embedding.n_features, t_dim), nn.SiLU(),
                                       nn.Linear(t_dim, t_dim))
         self.stem = nn.Conv2d(C, self.channels[0], 3, padding=1)

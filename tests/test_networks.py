@@ -382,3 +382,37 @@ def test_n_parameters():
     assert n_parameters(net, trainable=False) == (2 + 32) * 4 + 4 + 4 * 2 + 2
     with pytest.raises(TypeError, match="Module"):
         n_parameters(lambda x: x)
+
+
+# -- one randomness convention for initial weights ---------------------------------------------------------------
+def _network_builders():
+    from diffnotes.acceleration import StudentMLP
+    from diffnotes.guidance import NoisyClassifier
+
+    return {
+        "ScoreMLP": lambda g: ScoreMLP(2, hidden=8, depth=1, generator=g),
+        "ConditionalScoreMLP": lambda g: ConditionalScoreMLP(2, 3, hidden=8, depth=1, generator=g),
+        "UNet": lambda g: UNet((1, 4, 4), channels=(4,), generator=g),
+        "EncoderDecoderScore": lambda g: EncoderDecoderScore(5, 2, hidden=8, depth=1, generator=g),
+        "StudentMLP": lambda g: StudentMLP(2, hidden=8, depth=1, generator=g),
+        "NoisyClassifier": lambda g: NoisyClassifier(2, 3, hidden=8, depth=1, generator=g),
+    }
+
+
+def _flat(module):
+    return torch.cat([p.detach().flatten() for p in module.parameters()])
+
+
+@pytest.mark.parametrize("name", list(_network_builders()))
+def test_constructors_draw_initial_weights_from_the_generator_only(name):
+    build = _network_builders()[name]
+    state = torch.random.get_rng_state()
+    a = build(5)
+    # the global generator is left exactly as it was: no constructor seeds (or consumes) it when given a generator
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert torch.equal(_flat(a), _flat(build(torch.Generator().manual_seed(5))))  # int seed == torch generator
+    assert not torch.equal(_flat(a), _flat(build(6)))
+    g1, g2 = np.random.default_rng(1), np.random.default_rng(1)
+    assert torch.equal(_flat(build(g1)), _flat(build(g2)))  # numpy generators accepted, reproducibly
+    with pytest.raises(TypeError, match="generator"):
+        build("seed")
