@@ -489,10 +489,14 @@ def on_build_finished(app: Sphinx, exception: Exception | None) -> None:
 
 
 def on_html_page_context(app: Sphinx, pagename: str, templatename: str, context: dict, doctree) -> None:
-    # sphinx-thebe adds its configuration script twice to each page ("THEBE_JS_URL has already been declared"):
-    # keep the first copy of every script. A first visit (nothing in the browser's storage) must not log
-    # "Got invalid theme mode" to the console: the theme's mode defaults to "auto".
+    # A first visit (nothing in the browser's storage) must not log "Got invalid theme mode" to the console: the
+    # theme's mode defaults to "auto".
     context["default_mode"] = context.get("default_mode") or "auto"
+
+
+def on_html_page_scripts(app: Sphinx, pagename: str, templatename: str, context: dict, doctree) -> None:
+    # sphinx-thebe's configuration script reaches each page twice ("THEBE_JS_URL has already been declared"):
+    # after every other handler has added its scripts, keep the first copy of each.
     seen, scripts = set(), []
     for script in context.get("script_files", []):
         attributes = getattr(script, "attributes", {}) or {}
@@ -500,8 +504,7 @@ def on_html_page_context(app: Sphinx, pagename: str, templatename: str, context:
         if key not in seen:
             seen.add(key)
             scripts.append(script)
-    # In place: the list is the builder's, to which extensions that run later (MathJax) still add their scripts.
-    context.get("script_files", [])[:] = scripts
+    context["script_files"] = scripts
 
 
 def setup(app: Sphinx) -> dict[str, Any]:
@@ -516,6 +519,7 @@ def setup(app: Sphinx) -> dict[str, Any]:
     app.add_directive("scorecard", ScorecardDirective)
     # Early: html-page-context stops at the first handler that returns a template.
     app.connect("html-page-context", on_html_page_context, priority=100)
+    app.connect("html-page-context", on_html_page_scripts, priority=999)
     app.connect("builder-inited", on_builder_inited)
     app.connect("source-read", on_source_read)
     app.connect("env-purge-doc", on_env_purge_doc)
