@@ -84,10 +84,17 @@ def _as_batches(data) -> tuple[torch.Tensor, ...]:
 @torch.no_grad()
 def ema_update(ema_model: nn.Module, model: nn.Module, decay: float) -> None:
     r"""One EMA step :math:`\bar\theta \leftarrow \beta\bar\theta + (1-\beta)\theta` (floating buffers copied)."""
-    for pe, p in zip(ema_model.parameters(), model.parameters(), strict=True):
-        pe.mul_(decay).add_(p.detach(), alpha=1 - decay)
+    _ema_step(list(ema_model.parameters()), list(model.parameters()), decay)
     for be, b in zip(ema_model.buffers(), model.buffers(), strict=True):
         be.copy_(b)
+
+
+@torch.no_grad()
+def _ema_step(averages: list[torch.Tensor], params: list[torch.Tensor], decay: float) -> None:
+    if len(averages) != len(params):
+        raise ValueError("the EMA model and the model must have the same parameters")
+    # one fused call over all tensors: a + (1 - decay) (p - a) = decay a + (1 - decay) p
+    torch._foreach_lerp_(averages, [p.detach() for p in params], 1 - decay)
 
 
 # -- several processes ------------------------------------------------------------------------------------------
@@ -465,6 +472,7 @@ def train(model: nn.Module, loss_fn: Callable, data, *, steps: int, batch_size: 
     if ema is not None:  # copied before DDP broadcasts rank 0's parameters: harmless, step 1 gives them no weight
         ema_model = copy.deepcopy(model)
         ema_model.requires_grad_(False)
+        ema_params, model_params = list(ema_model.parameters()), list(model.parameters())
     ddp, view, rows, scale = None, model, None, 1.0
     if ctx is not None:
         try:
@@ -480,7 +488,8 @@ def train(model: nn.Module, loss_fn: Callable, data, *, steps: int, batch_size: 
         view = _ModuleView(ddp)
         rows = rank_slice(batch_size, ctx.world_size, ctx.rank)
         scale = ctx.world_size * (rows.stop - rows.start) / batch_size
-    optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    # foreach: one fused update over all parameter tensors (the per-tensor loop costs about 20 % of a small step)
+    optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, foreach=True)
     losses = np.empty(steps, dtype=np.float64)
     was_training = model.training
     model.train()
@@ -526,7 +535,7 @@ def train(model: nn.Module, loss_fn: Callable, data, *, steps: int, batch_size: 
             losses[k - 1] = value
             if ema_model is not None:
                 beta = ema * (1 - ema ** (k - 1)) / (1 - ema**k)
-                ema_update(ema_model, model, beta)
+                _ema_step(ema_params, model_params, beta)
             if show and (k % 25 == 0 or k == steps):
                 bar.set_postfix(loss=f"{losses[max(0, k - 25):k].mean():.4g}")
             if callback is not None:
@@ -538,6 +547,9 @@ def train(model: nn.Module, loss_fn: Callable, data, *, steps: int, batch_size: 
             del ddp, view
             _finish(ctx)
     if ema_model is not None:
+        with torch.no_grad():  # buffers are copied, not averaged (only their last value matters)
+            for be, b in zip(ema_model.buffers(), model.buffers(), strict=True):
+                be.copy_(b)
         ema_model.train(was_training)
     return TrainResult(losses, model, ema_model)
 
