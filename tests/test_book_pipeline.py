@@ -47,3 +47,32 @@ def test_the_executed_notebook_matches_the_cache_key_of_the_book_build(tmp_path)
     changed = reader.read(text.replace("```{code-cell} ipython3\n", "```{code-cell} ipython3\n# edited\n", 1))
     with pytest.raises(KeyError):
         cache.match_cache_notebook(changed)
+
+
+def _last_statement_is_a_bare_check(code: str) -> bool:
+    import ast
+
+    body = "\n".join(line for line in code.splitlines() if not line.startswith(":"))  # cell options
+    tree = ast.parse(body)
+    if not tree.body or not isinstance(tree.body[-1], ast.Expr) or not isinstance(tree.body[-1].value, ast.Call):
+        return False
+    func = tree.body[-1].value.func
+    name = func.id if isinstance(func, ast.Name) else getattr(func, "attr", "")
+    ends_with_semicolon = body.rstrip().endswith(";")
+    return name == "check" and not ends_with_semicolon
+
+
+def test_no_chapter_cell_displays_the_claim_record_under_its_verdict():
+    """check() prints the verdict and returns the Claim; as a cell's last expression Jupyter would also show the
+    record's repr under the verdict. A trailing ';' suppresses it."""
+    import re
+
+    cell = re.compile(r"```\{code-cell\}[^\n]*\n(.*?)```", re.S)
+    offenders = []
+    for path in sorted((REPO / "book").rglob("*.md")):
+        for k, code in enumerate(cell.findall(path.read_text(encoding="utf-8"))):
+            if _last_statement_is_a_bare_check(code):
+                offenders.append(f"{path.relative_to(REPO)} code cell {k}")
+    assert not offenders, offenders
+    assert _last_statement_is_a_bare_check('x = 1\ncheck("T1", "q", measured=1,\n      theory=1, tol=0)')
+    assert not _last_statement_is_a_bare_check('check("T1", "q", measured=1, theory=1, tol=0);')
