@@ -75,6 +75,7 @@ __all__ = [
     "check_rate_matrix",
     "FactorizedCTMC",
     "ExactRatios",
+    "ProductRatios",
     "time_grid",
     "reverse_rates",
     "euler",
@@ -88,6 +89,7 @@ __all__ = [
     "empirical_law",
     "tv",
     "expected_tv_floor",
+    "chi_square_pvalue",
     "denoising_targets",
     "score_entropy",
     "concrete_score_matching_loss",
@@ -482,6 +484,44 @@ class ExactRatios:
         return out
 
 
+class ProductRatios:
+    r"""Exact ratios of a product data law :math:`p_0 = \bigotimes_l q_l`, for any length (no enumeration).
+
+    The forward chain keeps the law a product, :math:`p_t = \bigotimes_l K_t q_l`, so the ratio of position l is
+    :math:`[K_t q_l]_a/[K_t q_l]_{x^l}`: the hypercube set-up of :cite:t:`chen2024convergence` in high dimension.
+    Calling the object is the ratio protocol.
+
+    Parameters
+    ----------
+    process : FactorizedCTMC
+        The forward chain.
+    marginals : array_like
+        The laws :math:`q_l` of the positions, shape (L, n_data), rows summing to one.
+    """
+
+    def __init__(self, process: FactorizedCTMC, marginals):
+        self.process = _check_process(process)
+        q = torch.as_tensor(np.asarray(marginals, dtype=np.float64))
+        if q.shape != (process.L, process.n_data):
+            raise ValueError(f"marginals must have shape ({process.L}, {process.n_data}), got {tuple(q.shape)}")
+        if not torch.all(torch.isfinite(q)) or torch.any(q < 0) or torch.any((q.sum(1) - 1).abs() > 1e-9):
+            raise ValueError("each row of marginals must be a probability vector")
+        self.q = torch.zeros(process.L, process.S, dtype=torch.float64)
+        self.q[:, :process.n_data] = q
+
+    def __call__(self, x, t) -> torch.Tensor:
+        pr = self.process
+        x = pr.check_tokens(x)
+        n = x.shape[0]
+        t = _positive_times(t)
+        t = t.expand(n) if t.ndim == 0 else t.reshape(-1)
+        if t.shape != (n,):
+            raise ValueError(f"t must be a number or one time per row (shape ({n},)), got shape {tuple(t.shape)}")
+        m = torch.einsum("kac,lc->kla", pr.transition(t), self.q)  # (n, L, S): [K_t q_l]_a
+        den = m.gather(2, x[:, :, None])
+        return torch.where(den > 0, m / torch.where(den > 0, den, 1.0), 0.0).scatter(2, x[:, :, None], 1.0)
+
+
 # -- reverse rates and samplers ---------------------------------------------------------------------------------
 def time_grid(T: float, t0: float, n_steps: int, spacing: str = "log") -> torch.Tensor:
     """A decreasing grid of ``n_steps + 1`` times from T to the early-stopping time t0 (``"uniform"`` or ``"log"``)."""
@@ -780,6 +820,27 @@ def expected_tv_floor(p, n: int) -> float:
     for pi in p[p > 0]:
         total += float(np.sum(scipy.stats.binom.pmf(k, n, pi) * np.abs(k - n * pi)))
     return total / (2 * n)
+
+
+def chi_square_pvalue(x, law, process: FactorizedCTMC, min_expected: float = 5.0) -> float:
+    """Pearson's chi-square test of the sample ``x`` against ``law`` on ``process.states()``: the p-value.
+
+    Cells with an expected count below ``min_expected`` are pooled into one (the usual validity rule);
+    :func:`scipy.stats.chisquare` does the rest.  A sample that really has the law gives a p-value uniform on (0, 1).
+    """
+    import scipy.stats
+
+    law = _law(law, process.S ** process.L, "law").numpy()
+    counts = torch.bincount(process.index(x), minlength=law.size).numpy().astype(float)
+    expected = law * counts.sum()
+    big = expected >= min_expected
+    obs, exp = list(counts[big]), list(expected[big])
+    if expected[~big].sum() > 0:
+        obs.append(counts[~big].sum())
+        exp.append(expected[~big].sum())
+    if counts[expected == 0].sum() > 0:
+        return 0.0  # a draw where the law has no mass
+    return float(scipy.stats.chisquare(obs, exp).pvalue)
 
 
 # -- learning the ratios -------------------------------------------------------------------------------------------

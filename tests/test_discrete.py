@@ -111,18 +111,6 @@ def test_reverse_rates_against_brute_force_time_reversal(make):
 
 
 # -- samplers ---------------------------------------------------------------------------------------------------
-def _chi2_pvalue(x, law, pr):
-    """Pearson chi-square of the sample against the law, cells with expected count < 5 pooled."""
-    counts = torch.bincount(pr.index(x), minlength=len(law)).numpy().astype(float)
-    expected = law.numpy() * x.shape[0]
-    big = expected >= 5
-    obs = np.append(counts[big], counts[~big].sum())
-    exp = np.append(expected[big], expected[~big].sum())
-    if exp[-1] == 0:
-        obs, exp = obs[:-1], exp[:-1]
-    return scipy.stats.chisquare(obs, exp).pvalue
-
-
 @pytest.mark.parametrize("make", [lambda: uniform(S=2, L=3), lambda: absorbing(n=2, L=3)])
 def test_uniformization_has_the_exact_marginal(make):
     pr = make()
@@ -133,7 +121,7 @@ def test_uniformization_has_the_exact_marginal(make):
     for grid in [D.time_grid(T, delta, 2), D.time_grid(T, delta, 12)]:
         x = D.uniformization(ex, start, grid, process=pr, generator=2, stats=stats)
         # a correct sampler fails this at level 1e-3 once in a thousand runs (fixed seeds: deterministic)
-        assert _chi2_pvalue(x, ex.law(delta), pr) > 1e-3
+        assert D.chi_square_pvalue(x, ex.law(delta), pr) > 1e-3
         # events per chain are Poisson with the stated mean: the mean of n draws within 5 standard errors
         mean = stats["expected_events"]
         assert abs(float(stats["events"].double().mean()) - mean) < 5 * math.sqrt(mean / n)
@@ -171,7 +159,7 @@ def test_step_methods_are_first_order_and_samplers_draw_their_exact_law(method):
     x, path = sampler(ex, pr.sample_law(ex.law(T), 6000, generator=4), grid, process=pr, generator=5,
                       return_trajectory=True)
     assert path.shape == (9, 6000, 3) and torch.equal(path[-1], x)
-    assert _chi2_pvalue(x, law, pr) > 1e-3
+    assert D.chi_square_pvalue(x, law, pr) > 1e-3
 
 
 def test_tweedie_is_exact_for_one_position():
@@ -369,3 +357,23 @@ def test_bad_steps_times_and_outputs():
     with pytest.raises(ValueError, match="t_min"):
         D.concrete_score_matching_loss(lambda x, t: torch.zeros(x.shape[0], 3, 3), torch.zeros(2, 3,
                                        dtype=torch.long), pr, t_min=0.0, T=1.0)
+
+
+def test_product_ratios_equal_exact_ratios_on_a_product_law():
+    for pr in [uniform(S=3, L=2), absorbing(n=3, L=2)]:
+        q = RNG.dirichlet(np.ones(3), size=2)
+        ex = D.ExactRatios(pr, np.outer(q[0], q[1]).reshape(-1))
+        x = pr.states()
+        t = torch.linspace(0.05, 2.0, x.shape[0], dtype=torch.float64)
+        np.testing.assert_allclose(D.ProductRatios(pr, q)(x, t).numpy(), ex(x, t).numpy(), rtol=1e-10, atol=1e-14)
+    with pytest.raises(ValueError, match="marginals"):
+        D.ProductRatios(pr, np.ones((2, 2)))
+
+
+def test_chi_square_pvalue_rejects_a_wrong_law():
+    pr = uniform(S=2, L=2)
+    law = torch.tensor([0.4, 0.3, 0.2, 0.1], dtype=torch.float64)
+    x = pr.sample_law(law, 5000, generator=0)
+    assert D.chi_square_pvalue(x, law, pr) > 1e-3
+    assert D.chi_square_pvalue(x, torch.full((4,), 0.25, dtype=torch.float64), pr) < 1e-10
+    assert D.chi_square_pvalue(x, torch.tensor([0.5, 0.5, 0.0, 0.0], dtype=torch.float64), pr) == 0.0
