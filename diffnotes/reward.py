@@ -833,8 +833,10 @@ def gradient_guidance(score: Callable, reward: Callable, strength: float = 1.0, 
         The (unconditional) score ``s(x, t)``.
     reward : callable
         The differentiable surrogate :math:`\hat f` (n, D) -> (n,).
-    strength : float
-        :math:`\eta \ge 0`.
+    strength : float or callable
+        :math:`\eta \ge 0`, or a schedule :math:`\eta(t)`: a callable of the (n,) tensor of times returning a
+        number or one non-negative strength per row (e.g. zero at large t, where a learned denoiser's Jacobian
+        amplifies its errors by :math:`1/\alpha(t)`).
     sde : VPSDE, optional
         The forward process of the score.
     lookahead : bool
@@ -843,7 +845,7 @@ def gradient_guidance(score: Callable, reward: Callable, strength: float = 1.0, 
         Project the guidance term onto this orthonormal basis.
     """
     score = _checks.score_callable(score)
-    eta = _nonnegative(strength, "strength")
+    eta = strength if callable(strength) else _nonnegative(strength, "strength")
     sde = _checks.sde_or_default(sde)
     if not callable(reward):
         raise TypeError("reward must be a differentiable callable f(x) -> (n,)")
@@ -861,6 +863,12 @@ def gradient_guidance(score: Callable, reward: Callable, strength: float = 1.0, 
         if V is not None:
             V = V.to(g)
             g = (g @ V) @ V.T
+        if callable(eta):
+            e = torch.as_tensor(eta(_checks.time_rows(t, x.shape[0], x)), dtype=x.dtype)
+            e = e.expand(x.shape[0]) if e.ndim == 0 else e.reshape(-1)
+            if e.shape != (x.shape[0],) or not torch.all(torch.isfinite(e)) or torch.any(e < 0):
+                raise ValueError("strength(t) must return finite non-negative strengths, one per row")
+            return s.detach() + e[:, None] * g
         return s.detach() + eta * g
 
     return guided

@@ -231,6 +231,18 @@ def test_lookahead_gradient_lies_in_the_subspace(oracle):
     assert torch.allclose(naive(x, 0.5) - oracle.score(x, 0.5), 2.0 * w.expand(5, 6))
 
 
+def test_gradient_guidance_strength_schedule(oracle):
+    w = R.linear_reward(oracle.theta)
+    x = torch.randn(4, 6, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    t = torch.tensor([0.1, 0.5, 3.0, 4.0], dtype=torch.float64)
+    cut = R.gradient_guidance(oracle.score, w, lambda tt: 2.0 * (tt <= 2.0).to(tt.dtype), sde=SDE,
+                              lookahead=False)
+    expected = oracle.score(x, t) + 2.0 * (t <= 2.0).to(x.dtype)[:, None] * oracle.theta
+    assert torch.allclose(cut(x, t), expected)
+    with pytest.raises(ValueError, match="non-negative"):
+        R.gradient_guidance(oracle.score, w, lambda tt: -torch.ones_like(tt), sde=SDE)(x, t)
+
+
 def test_projected_gradient_guidance_stays_in_the_early_stopping_band(oracle):
     w = oracle.theta + 3.0 * torch.tensor([0.0, 0.0, 0.0, 0.0, 0.0, 1.0], dtype=torch.float64)
     t0, n = 1e-2, 4000
