@@ -76,3 +76,13 @@ def test_no_chapter_cell_displays_the_claim_record_under_its_verdict():
     assert not offenders, offenders
     assert _last_statement_is_a_bare_check('x = 1\ncheck("T1", "q", measured=1,\n      theory=1, tol=0)')
     assert not _last_statement_is_a_bare_check('check("T1", "q", measured=1, theory=1, tol=0);')
+
+
+def test_repeated_inline_scripts_are_dropped_from_the_head_only():
+    spec = importlib.util.spec_from_file_location("scorecard_ext", REPO / "book" / "_ext" / "scorecard.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    a, b = "    <script>const A = 1;</script>\n", "    <script>var b = 2;</script>\n"
+    page = "<head>\n" + a + b + a + "</head>\n<body>\n" + a + "</body>\n"
+    cleaned = module.drop_repeated_inline_scripts(page)
+    assert cleaned == "<head>\n" + a + b + "</head>\n<body>\n" + a + "</body>\n"

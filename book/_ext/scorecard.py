@@ -288,11 +288,10 @@ def _para(*children: nodes.Node | str) -> nodes.paragraph:
     return para
 
 
-def build_table(app: Sphinx, fromdocname: str, records: list[dict[str, Any]]) -> nodes.table:
-    env = app.env
-    headers = ["Check", "Verdict", "Quantity (chapter)", "Theory", "Measured"]
-    widths = [9, 13, 50, 16, 12]
-    table = nodes.table(classes=["diffnotes-scorecard"])
+def _table(headers: list[str], widths: list[int], rows: list[tuple[list[nodes.Node], list[str]]],
+           classes: list[str]) -> nodes.table:
+    """A docutils table: header cells, column widths, and rows of (cells, row classes)."""
+    table = nodes.table(classes=classes)
     tgroup = nodes.tgroup(cols=len(headers))
     table += tgroup
     for width in widths:
@@ -305,17 +304,27 @@ def build_table(app: Sphinx, fromdocname: str, records: list[dict[str, Any]]) ->
     thead += row
     tbody = nodes.tbody()
     tgroup += tbody
+    for cells, row_classes in rows:
+        row = nodes.row(classes=row_classes)
+        for cell in cells:
+            row += nodes.entry("", cell)
+        tbody += row
+    return table
+
+
+def _chapter_link(app: Sphinx, fromdocname: str, chapter: str) -> nodes.paragraph:
+    if chapter in app.env.titles:
+        uri = app.builder.get_relative_uri(fromdocname, chapter)
+        return _para(nodes.reference("", app.env.titles[chapter].astext(), internal=True, refuri=uri))
+    return _para(chapter or "(no chapter)")
+
+
+def build_table(app: Sphinx, fromdocname: str, records: list[dict[str, Any]]) -> nodes.table:
+    rows = []
     for record in records:
-        chapter = str(record.get("chapter", ""))
-        if chapter in env.titles:
-            title = env.titles[chapter].astext()
-            uri = app.builder.get_relative_uri(fromdocname, chapter)
-            ref = nodes.reference("", title, internal=True, refuri=uri)
-            chapter_cell = _para(ref)
-        else:
-            chapter_cell = _para(chapter or "(no chapter)")
         note = str(record.get("note") or "")
-        quantity = [_para(str(record.get("quantity", ""))), chapter_cell]
+        chapter = _chapter_link(app, fromdocname, str(record.get("chapter", "")))
+        quantity = [_para(str(record.get("quantity", ""))), chapter]
         if note:
             quantity.insert(1, _para(nodes.emphasis("", note)))
         cells = [
@@ -325,42 +334,100 @@ def build_table(app: Sphinx, fromdocname: str, records: list[dict[str, Any]]) ->
             _para(theory_text(record)),
             _para(_fmt(record.get("measured"))),
         ]
-        row = nodes.row(classes=["diffnotes-" + ("pass" if record.get("passed") else "fail")])
-        for cell in cells:
-            row += nodes.entry("", cell)
-        tbody += row
-    return table
+        rows.append((cells, ["diffnotes-" + ("pass" if record.get("passed") else "fail")]))
+    return _table(["Check", "Verdict", "Quantity (chapter)", "Theory", "Measured"], [9, 13, 50, 16, 12], rows,
+                  ["diffnotes-scorecard"])
+
+
+PART_NAMES = {f"part{k}": f"Part {k}" for k in range(1, 7)}
 
 
 def counts_table(app: Sphinx, records: list[dict[str, Any]]) -> nodes.table:
     """Counts per part: reproduced, not visible, illustrations, consistency checks, failed."""
-    names = {}
-    for part in ("part1", "part2", "part3", "part4", "part5", "part6"):
-        names[part] = f"Part {part[-1]}"
     headers = ["Part", REPRODUCED, NOT_VISIBLE, "illustration", "consistency check", "FAILED"]
-    table = nodes.table(classes=["diffnotes-scorecard-counts"])
-    tgroup = nodes.tgroup(cols=len(headers))
-    table += tgroup
-    for _ in headers:
-        tgroup += nodes.colspec(colwidth=1)
-    thead = nodes.thead()
-    tgroup += thead
-    row = nodes.row()
-    for header in headers:
-        row += nodes.entry("", _para(header))
-    thead += row
-    tbody = nodes.tbody()
-    tgroup += tbody
+    rows = []
     for part, c in counts_by_part(records).items():
-        row = nodes.row()
-        row += nodes.entry("", _para(names.get(part, part or "(other)")))
-        for header in headers[1:]:
-            row += nodes.entry("", _para(str(c.get(header, 0))))
-        tbody += row
-    return table
+        cells = [_para(PART_NAMES.get(part, part or "(other)"))]
+        cells += [_para(str(c.get(header, 0))) for header in headers[1:]]
+        rows.append((cells, []))
+    return _table(headers, [1] * len(headers), rows, ["diffnotes-scorecard-counts"])
+
+
+# -- the Execution status page ----------------------------------------------------------------------------------------
+class execution_placeholder(nodes.General, nodes.Element):
+    """Where the table of chapter executions goes; replaced at ``doctree-resolved``."""
+
+
+class ExecutionTableDirective(SphinxDirective):
+    """``{chapter-executions}``: every executed chapter in reading order, with its run time and status."""
+
+    has_content = False
+
+    def run(self) -> list[nodes.Node]:
+        node = execution_placeholder()
+        self.set_source_info(node)
+        return [node]
+
+
+def toc_order(env: BuildEnvironment) -> list[str]:
+    """Every document in the order of the table of contents (depth first from the root)."""
+    order: list[str] = []
+
+    def visit(doc: str) -> None:
+        for child in env.toctree_includes.get(doc, []):
+            if child not in order:
+                order.append(child)
+                visit(child)
+
+    visit(env.config.root_doc)
+    return order
+
+
+def execution_rows(app: Sphinx) -> list[dict[str, Any]]:
+    """One dict per executed chapter, in reading order: docname, part, seconds, by whom, whether it succeeded."""
+    from myst_nb.sphinx_ import NbMetadataCollector
+
+    data = NbMetadataCollector.get_doc_data(app.env)
+    executed = Path(app.srcdir) / "_build" / "executed"
+    rows = []
+    for doc in toc_order(app.env):
+        exec_data = data.get(doc, {}).get("exec_data") if doc in data else None
+        if not exec_data:
+            continue
+        seconds = exec_data.get("runtime")
+        tested = executed / f"{doc}.ipynb"
+        by_tests = False
+        if tested.exists() and seconds is not None:
+            meta = json.loads(tested.read_text(encoding="utf-8")).get("metadata", {}).get("diffnotes", {})
+            by_tests = meta.get("execution_seconds") == seconds
+        rows.append({"doc": doc, "part": part_of(doc), "seconds": seconds, "by_tests": by_tests,
+                     "succeeded": bool(exec_data.get("succeeded"))})
+    return rows
+
+
+def execution_table(app: Sphinx, fromdocname: str) -> list[nodes.Node]:
+    rows, total = [], 0.0
+    records = execution_rows(app)
+    for r in records:
+        total += r["seconds"] or 0.0
+        cells = [
+            _para(PART_NAMES.get(r["part"], r["part"])),
+            _chapter_link(app, fromdocname, r["doc"]),
+            _para("-" if r["seconds"] is None else f"{r['seconds']:.1f}"),
+            _para("notebook tests" if r["by_tests"] else "book build"),
+            _para("ok" if r["succeeded"] else "FAILED"),
+        ]
+        rows.append((cells, ["diffnotes-" + ("pass" if r["succeeded"] else "fail")]))
+    summary = _para(f"{len(records)} chapters executed, {sum(r['succeeded'] for r in records)} without error; "
+                    f"their run times add up to {total:.0f} s (two run at a time).")
+    table = _table(["Part", "Chapter", "Seconds", "Executed by", "Status"], [8, 52, 10, 18, 12], rows,
+                   ["diffnotes-executions"])
+    return [summary, table]
 
 
 def on_doctree_resolved(app: Sphinx, doctree: nodes.document, docname: str) -> None:
+    for node in list(doctree.findall(execution_placeholder)):
+        node.replace_self(execution_table(app, docname))
     placeholders = list(doctree.findall(scorecard_placeholder))
     if placeholders:
         records = [r for r in load_claims(_claims_dir(app)) if r.get("chapter") in app.env.all_docs]
@@ -468,6 +535,11 @@ def on_build_finished(app: Sphinx, exception: Exception | None) -> None:
     if exception is not None or app.builder.format != "html":
         return
     outdir = Path(app.outdir)
+    for page in outdir.rglob("*.html"):
+        text = page.read_text(encoding="utf-8")
+        cleaned = drop_repeated_inline_scripts(text)
+        if cleaned != text:
+            page.write_text(cleaned, encoding="utf-8")
     for docname in sorted(_notebook_docs(app.env)):
         if docname not in app.env.all_docs:
             continue
@@ -494,17 +566,28 @@ def on_html_page_context(app: Sphinx, pagename: str, templatename: str, context:
     context["default_mode"] = context.get("default_mode") or "auto"
 
 
-def on_html_page_scripts(app: Sphinx, pagename: str, templatename: str, context: dict, doctree) -> None:
-    # sphinx-thebe's configuration script reaches each page twice ("THEBE_JS_URL has already been declared"):
-    # after every other handler has added its scripts, keep the first copy of each.
-    seen, scripts = set(), []
-    for script in context.get("script_files", []):
-        attributes = getattr(script, "attributes", {}) or {}
-        key = (str(script), tuple(sorted((k, str(v)) for k, v in attributes.items())))
-        if key not in seen:
-            seen.add(key)
-            scripts.append(script)
-    context["script_files"] = scripts
+_INLINE_SCRIPT = re.compile(r"^[ \t]*<script>[^\n]*</script>[ \t]*\n", re.M)
+
+
+def drop_repeated_inline_scripts(html: str) -> str:
+    """Remove the second and later copies of identical one-line inline ``<script>`` elements of a page's head.
+
+    sphinx-thebe's and sphinx-togglebutton's configuration scripts reach every page twice (added by handlers that run
+    after any page-context handler of ours could see them), and the second ``const THEBE_JS_URL`` is a console error.
+    """
+    head_end = html.find("</head>")
+    if head_end < 0:
+        return html
+    seen: set[str] = set()
+
+    def keep_first(match: re.Match) -> str:
+        line = match.group(0).strip()
+        if line in seen:
+            return ""
+        seen.add(line)
+        return match.group(0)
+
+    return _INLINE_SCRIPT.sub(keep_first, html[:head_end]) + html[head_end:]
 
 
 def setup(app: Sphinx) -> dict[str, Any]:
@@ -517,9 +600,17 @@ def setup(app: Sphinx) -> dict[str, Any]:
         texinfo=(_skip, None),
     )
     app.add_directive("scorecard", ScorecardDirective)
+    app.add_node(
+        execution_placeholder,
+        html=(_skip, None),
+        latex=(_skip, None),
+        text=(_skip, None),
+        man=(_skip, None),
+        texinfo=(_skip, None),
+    )
+    app.add_directive("chapter-executions", ExecutionTableDirective)
     # Early: html-page-context stops at the first handler that returns a template.
     app.connect("html-page-context", on_html_page_context, priority=100)
-    app.connect("html-page-context", on_html_page_scripts, priority=999)
     app.connect("builder-inited", on_builder_inited)
     app.connect("source-read", on_source_read)
     app.connect("env-purge-doc", on_env_purge_doc)

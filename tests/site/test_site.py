@@ -97,10 +97,6 @@ def local_target(root: Path, base: str, href: str) -> Path | None:
     return target / "index.html" if target.is_dir() else target
 
 
-# Known and left for the page-chrome work: sphinx-thebe may declare its configuration twice on a page.
-KNOWN_CONSOLE = ("Identifier 'THEBE_JS_URL' has already been declared",)
-
-
 def inspect_page(browser, base: str, root: Path, page: str, shot: Path | None = None,
                  math_timeout_ms: int = 20_000) -> list[str]:
     """Open ``page`` of the site served at ``base`` (files under ``root``) as an offline reader; the problems."""
@@ -159,7 +155,7 @@ def inspect_page(browser, base: str, root: Path, page: str, shot: Path | None = 
         problems.append(f"requests that leave the site: {foreign[:5]}")
     # The browser's own request for /favicon.ico is not a page resource; a failed page resource is reported above
     # as an "HTTP 4xx" entry, a refused foreign request as leaving the site.
-    errors = [e for e in errors if e not in KNOWN_CONSOLE and not e.startswith("Failed to load resource")]
+    errors = [e for e in errors if not e.startswith("Failed to load resource")]
     if errors:
         problems.append(f"console errors: {errors}")
     context.close()
