@@ -104,26 +104,55 @@ def test_ge_is_a_lower_bound(measured, tol, expected):
     assert passes(measured=measured, theory=1.0, tol=tol, kind="ge") is expected
 
 
-@given(
-    measured=st.floats(-1e6, 1e6),
-    theory=st.floats(-1e6, 1e6),
-    tol=st.floats(0, 1e6),
-    kind=st.sampled_from(sorted(KINDS)),
-)
-def test_verdict_follows_the_documented_rule(measured, theory, tol, kind):
-    rule = {
-        "abs": abs(measured - theory) <= tol,
-        "rel": abs(measured - theory) <= tol * abs(theory),
-        "le": measured <= theory + tol,
-        "ge": measured >= theory - tol,
-    }[kind]
+# Property tests against cases whose answer is known by construction, not by evaluating the rule again: every number
+# is an integer below 2**40, so sums, differences and products are exact in float64 and "inside" or "outside" the
+# band is a fact of the construction (an offset drawn inside [-tol, tol], or beyond it).
+INTS = st.integers(-(2**20), 2**20)
+TOLS = st.integers(0, 2**20)
+
+
+def _outcome(**kwargs) -> bool:
     try:
-        claim = check("P1", "property", measured=measured, theory=theory, tol=tol, kind=kind)
+        claim = check("P1", "property", **kwargs)
     except ClaimError:
-        assert not rule
-    else:
-        assert rule
-        assert claim.passed and claim.status == "reproduced"
+        return False
+    assert claim.passed and claim.status == "reproduced"
+    return True
+
+
+@given(theory=INTS, tol=TOLS, data=st.data())
+def test_abs_accepts_every_offset_within_tol_and_no_other(theory, tol, data):
+    inside = data.draw(st.integers(-tol, tol))
+    outside = data.draw(st.integers(tol + 1, tol + 2**20)) * data.draw(st.sampled_from([-1, 1]))
+    assert _outcome(measured=theory + inside, theory=theory, tol=tol, kind="abs")
+    assert not _outcome(measured=theory + outside, theory=theory, tol=tol, kind="abs")
+
+
+@given(theory=INTS.filter(bool), tol=st.integers(0, 2**10), data=st.data())
+def test_rel_accepts_every_offset_within_tol_times_theory_and_no_other(theory, tol, data):
+    band = tol * abs(theory)  # the width of the band, a product of two integers (exact)
+    inside = data.draw(st.integers(-band, band))
+    outside = data.draw(st.integers(band + 1, band + 2**20)) * data.draw(st.sampled_from([-1, 1]))
+    assert _outcome(measured=theory + inside, theory=theory, tol=tol, kind="rel")
+    assert not _outcome(measured=theory + outside, theory=theory, tol=tol, kind="rel")
+
+
+@given(theory=INTS, tol=TOLS, below=st.integers(0, 2**20), above=st.integers(1, 2**20))
+def test_le_accepts_up_to_theory_plus_tol_and_ge_down_to_theory_minus_tol(theory, tol, below, above):
+    assert _outcome(measured=theory + tol - below, theory=theory, tol=tol, kind="le")
+    assert not _outcome(measured=theory + tol + above, theory=theory, tol=tol, kind="le")
+    assert _outcome(measured=theory - tol + below, theory=theory, tol=tol, kind="ge")
+    assert not _outcome(measured=theory - tol - above, theory=theory, tol=tol, kind="ge")
+
+
+@given(measured=INTS, theory=INTS, tol=TOLS)
+def test_the_rules_mirror_each_other(measured, theory, tol):
+    # abs is symmetric in (measured, theory); le and ge are mirror images under negation; abs is le and ge together.
+    a = _outcome(measured=measured, theory=theory, tol=tol, kind="abs")
+    assert a == _outcome(measured=theory, theory=measured, tol=tol, kind="abs")
+    le = _outcome(measured=measured, theory=theory, tol=tol, kind="le")
+    assert le == _outcome(measured=-measured, theory=-theory, tol=tol, kind="ge")
+    assert a == (le and _outcome(measured=measured, theory=theory, tol=tol, kind="ge"))
 
 
 # ---------------------------------------------------------------------------------------------- the result
