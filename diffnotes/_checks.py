@@ -17,8 +17,11 @@ same way:
 * **sizes** (counts, numbers of steps, dimensions) are integers (Python or numpy, not bools) at least some minimum:
   anything else raises ``ValueError`` (the metrics, which always raised ``TypeError`` for a non-integer, keep
   doing so); see :func:`positive_int`.
-* **generators**: ``None`` (fresh entropy from torch's global generator: not reproducible), an ``int`` seed, a
-  :class:`torch.Generator` or a :class:`numpy.random.Generator` (a torch generator is seeded from it).
+* **generators**: every function that draws takes ``generator=``: ``None`` (fresh entropy: not reproducible), an
+  ``int`` seed, a :class:`torch.Generator` or a :class:`numpy.random.Generator`.  Code that draws with torch
+  normalises it with :func:`generator` (a torch generator is seeded from a numpy one), code that draws with numpy
+  with :func:`numpy_generator` (a numpy generator is seeded from a torch one; an int seed gives the same numbers as
+  ``numpy.random.default_rng(seed)``).  ``None`` never means a fixed seed.
 * **sde**: ``None`` is the review's :class:`~diffnotes.sde.ConstantVP`; anything that is not a
   :class:`~diffnotes.sde.VPSDE` raises ``TypeError``.
 
@@ -29,12 +32,13 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 
 import numpy as np
 import torch
 
 __all__ = ["points", "data", "sde_or_default", "positive_int", "probability", "labels", "time_column",
-           "time_rows", "generator", "score_callable", "sample", "sizes"]
+           "time_rows", "generator", "numpy_generator", "renamed", "score_callable", "sample", "sizes"]
 
 
 # -- points and data ---------------------------------------------------------------------------------------------------
@@ -293,6 +297,62 @@ def generator(gen, device=None) -> torch.Generator | None:
         return torch.Generator(device=device or "cpu").manual_seed(int(gen.integers(0, 2**63 - 1)))
     raise TypeError(f"generator must be None, an int seed, a torch.Generator or a numpy Generator; got "
                     f"{type(gen).__name__}")
+
+
+def numpy_generator(gen) -> np.random.Generator:
+    """A :class:`numpy.random.Generator` from None, an int seed, a numpy Generator or a torch Generator.
+
+    ``None`` gives a generator seeded from fresh OS entropy (not reproducible); an int seed gives
+    ``numpy.random.default_rng(seed)``; a numpy generator is returned itself (the caller's stream is consumed); a
+    torch generator is consumed once, to seed a new numpy generator.
+
+    Parameters
+    ----------
+    gen : None, int, numpy.random.Generator or torch.Generator
+        The source of randomness.
+    """
+    if gen is None:
+        return np.random.default_rng()
+    if isinstance(gen, np.random.Generator):
+        return gen
+    if isinstance(gen, bool):
+        raise TypeError("generator must be None, an int seed, a torch.Generator or a numpy Generator; got a bool")
+    if isinstance(gen, (int, np.integer)):
+        if gen < 0:
+            raise ValueError(f"a seed must be non-negative, got {gen}")
+        return np.random.default_rng(int(gen))
+    if isinstance(gen, torch.Generator):
+        return np.random.default_rng(int(torch.randint(0, 2**62, (), generator=gen)))
+    raise TypeError(f"generator must be None, an int seed, a torch.Generator or a numpy Generator; got "
+                    f"{type(gen).__name__}")
+
+
+#: Default of a deprecated keyword: tells "not passed" from None.
+UNSET = object()
+
+
+def renamed(value, old_value, old: str, new: str = "generator", stacklevel: int = 3):
+    """The value of a keyword argument renamed from ``old`` to ``new``: ``old_value`` when only the old name was
+    given (with a :class:`DeprecationWarning`), else ``value``; both at once raise ``TypeError``.
+
+    Parameters
+    ----------
+    value
+        What was passed under the new name (its default when not passed).
+    old_value
+        What was passed under the old name, :data:`UNSET` when not passed.
+    old, new : str
+        The two names, for the messages.
+    stacklevel : int
+        Where the warning points (3: the caller of the function that calls this).
+    """
+    if old_value is UNSET:
+        return value
+    if value is not None:
+        raise TypeError(f"pass {new}= only ({old}= is its deprecated former name)")
+    warnings.warn(f"{old}= is deprecated and will be removed; pass {new}= (same meaning)", DeprecationWarning,
+                  stacklevel=stacklevel)
+    return old_value
 
 
 # -- the score protocol ---------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ cheaper than integrating the backward process with hundreds of score evaluations
   conditional velocity :math:`v^*(x, s) = \mathbb E[z - x_0\mid x_s = x]`; its ODE :math:`\dot x = v^*(x, s)`,
   integrated from s = 1 down to 0, transports :math:`\mathsf N(0, I)` to the data.  *Reflow* re-pairs each noise
   with the flow's own output and fits again, which straightens the paths so that few Euler steps suffice.
-* **Distillation** :cite:p:`salimans2022progressive,song2023consistency` fits a student to the map
+* **Distillation** :cite:p:`luhman2021knowledge,song2023consistency` fits a student to the map
   :math:`z\mapsto\mathrm{ODE}(z)` of a precise teacher sampler: a one-step student regresses the teacher's outputs;
   a consistency model :math:`f(x, t)` is trained so that :math:`f(x_t, t) = f(x_{t'}, t')` along teacher ODE steps,
   with :math:`f(x, t_0) = x` built in.
@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import _checks
 from ._checks import positive_int, sample, sde_or_default
 from .losses import _reduce
 from .networks import _mlp, seeded
@@ -140,6 +141,7 @@ def rectified_flow_loss(model: Callable, x0: torch.Tensor, z: torch.Tensor | Non
     reduction : {"mean", "none"}
         Batch mean, or the per-sample terms.
     """
+    generator = _checks.generator(generator)
     x0 = sample(x0, "x0")
     n = x0.shape[0]
     if z is None:
@@ -247,6 +249,7 @@ def flow_euler(velocity: Callable, x, times=8, *, generator: torch.Generator | N
     return_trajectory : bool
         Also return the states at every grid time, shape (N + 1, n, D).
     """
+    generator = _checks.generator(generator)
     if not callable(velocity):
         raise TypeError("velocity must be a callable v(x, s)")
     times = _check_flow_grid(times)
@@ -283,7 +286,8 @@ def teacher_pairs(score: Callable, z: torch.Tensor, times, *, sde: VPSDE | None 
     ``sampler(score, z, times, sde=sde, **options)`` (default :func:`~diffnotes.samplers.exponential_multistep`) is
     run from the noise ``z`` at :math:`T` to the early-stopping time; ``score`` is exact or learned.  The student
     of :func:`fit_student` then learns the map in one evaluation: knowledge distillation of the sampler
-    :cite:p:`salimans2022progressive`.  Returns ``(z, x)``.
+    :cite:p:`luhman2021knowledge` (not progressive distillation :cite:p:`salimans2022progressive`, which halves the
+    number of steps repeatedly with a two-step DDIM target and is not implemented).  Returns ``(z, x)``.
     """
     z = sample(z, "z")
     if not callable(sampler):
@@ -300,6 +304,7 @@ def distillation_loss(student: Callable, z: torch.Tensor, x: torch.Tensor, *, ge
 
     ``generator`` is accepted (and unused) so the loss plugs into :func:`~diffnotes.training.train`.
     """
+    generator = _checks.generator(generator)
     z, x = sample(z, "z"), sample(x, "x")
     if z.shape != x.shape:
         raise ValueError(f"z and x must have the same shape, got {tuple(z.shape)} and {tuple(x.shape)}")
@@ -455,6 +460,7 @@ def consistency_distillation_loss(model: ConsistencyModel, x0: torch.Tensor, *, 
     reduction : {"mean", "none"}
         Batch mean, or per-sample terms.
     """
+    generator = _checks.generator(generator)
     if not isinstance(model, ConsistencyModel):
         raise TypeError(f"model must be a ConsistencyModel, got {type(model).__name__}")
     x0 = sample(x0, "x0")
@@ -486,6 +492,7 @@ def consistency_sample(model: ConsistencyModel, x, times=None, *, generator: tor
     and mapped again, :math:`\hat x = f(x_\tau, \tau)` :cite:p:`song2023consistency`.  ``times=None`` is one step
     from T.  Each step is one network evaluation.  Returns :math:`\hat x` (and the estimates after each step).
     """
+    generator = _checks.generator(generator)
     if not isinstance(model, ConsistencyModel):
         raise TypeError(f"model must be a ConsistencyModel, got {type(model).__name__}")
     sde = model.sde
@@ -597,6 +604,7 @@ def latent_sample(encoder: PCAEncoder, latent_score: Callable, x, times, *, samp
     a D-dimensional one, and the stiff orthogonal term :math:`-(I - AA^\top)x/h(t)` of the ambient score (review
     Section 4.1) never appears: the output lies on the encoder's subspace exactly :cite:p:`rombach2022high`.
     """
+    generator = _checks.generator(generator)
     if not isinstance(encoder, PCAEncoder):
         raise TypeError(f"encoder must be a PCAEncoder, got {type(encoder).__name__}")
     z = _start(x, generator, encoder.latent_dim)

@@ -22,24 +22,23 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from . import _checks
+
 __all__ = ["two_moons", "swiss_roll", "mixture_data", "standardize"]
 
 
-def _seed(seed) -> int | None:
-    """An integer seed for scikit-learn from an int, a numpy Generator, a torch Generator or None."""
-    if seed is None:
+def _seed(generator) -> int | None:
+    """An integer seed for scikit-learn (``random_state``) from ``generator`` (the package's convention: None, an
+    int seed, a numpy or a torch Generator; see :func:`diffnotes._checks.generator`)."""
+    if generator is None:
         return None
-    if isinstance(seed, bool):
-        raise TypeError("seed must be an int, a numpy or torch Generator, or None; got a bool")
-    if isinstance(seed, (int, np.integer)):
-        if seed < 0:
-            raise ValueError(f"seed must be non-negative, got {seed}")
-        return int(seed) % (2**32)
-    if isinstance(seed, np.random.Generator):
-        return int(seed.integers(0, 2**32 - 1))
-    if isinstance(seed, torch.Generator):
-        return int(torch.randint(0, 2**31 - 1, (1,), generator=seed))
-    raise TypeError(f"seed must be an int, a numpy or torch Generator, or None; got {type(seed).__name__}")
+    if isinstance(generator, (int, np.integer)) and not isinstance(generator, bool):
+        if generator < 0:
+            raise ValueError(f"a seed must be non-negative, got {generator}")
+        return int(generator) % (2**32)
+    if isinstance(generator, np.random.Generator):
+        return int(generator.integers(0, 2**32 - 1))
+    return int(torch.randint(0, 2**31 - 1, (1,), generator=_checks.generator(generator)))
 
 
 def _count(n) -> int:
@@ -72,8 +71,8 @@ def standardize(x: np.ndarray, how: str | None = "isotropic") -> np.ndarray:
     return centred / scale
 
 
-def two_moons(n: int, noise: float = 0.05, seed=None, *, standardize: str | None = "isotropic",
-              return_labels: bool = False):
+def two_moons(n: int, noise: float = 0.05, generator=None, *, standardize: str | None = "isotropic",
+              return_labels: bool = False, seed=_checks.UNSET):
     r"""Two interleaving half circles in the plane (scikit-learn's ``make_moons``), as a float64 tensor.
 
     Parameters
@@ -82,12 +81,14 @@ def two_moons(n: int, noise: float = 0.05, seed=None, *, standardize: str | None
         Number of points (split evenly between the moons).
     noise : float
         Standard deviation of the Gaussian noise added to the raw coordinates (before standardisation).
-    seed : int, numpy.random.Generator, torch.Generator or None
-        Source of randomness; an int gives the same data every time.
+    generator : int, numpy.random.Generator, torch.Generator or None
+        Source of randomness; an int gives the same data every time, None fresh data.
     standardize : {"isotropic", "coordinate", None}
         See the module docstring (default: centre and divide by one scale, average variance 1).
     return_labels : bool
         Also return which moon each point belongs to, a long tensor (n,) of 0/1.
+    seed
+        Deprecated former name of ``generator``.
 
     Returns
     -------
@@ -96,13 +97,14 @@ def two_moons(n: int, noise: float = 0.05, seed=None, *, standardize: str | None
     """
     from sklearn.datasets import make_moons
 
-    x, y = make_moons(n_samples=_count(n), noise=_noise(noise), random_state=_seed(seed))
+    state = _seed(_checks.renamed(generator, seed, "seed"))
+    x, y = make_moons(n_samples=_count(n), noise=_noise(noise), random_state=state)
     out = torch.as_tensor(_standardize(x, standardize), dtype=torch.float64)
     return (out, torch.as_tensor(y, dtype=torch.long)) if return_labels else out
 
 
-def swiss_roll(n: int, noise: float = 0.5, seed=None, *, standardize: str | None = "isotropic",
-               return_position: bool = False):
+def swiss_roll(n: int, noise: float = 0.5, generator=None, *, standardize: str | None = "isotropic",
+               return_position: bool = False, seed=_checks.UNSET):
     r"""A 2-D Swiss roll: the (x, z) coordinates of scikit-learn's ``make_swiss_roll``, as a float64 tensor.
 
     The 3-D roll is :math:`(u\cos u, y, u\sin u)` with :math:`u\in[1.5\pi, 4.5\pi]`; dropping the height y leaves the
@@ -115,16 +117,19 @@ def swiss_roll(n: int, noise: float = 0.5, seed=None, *, standardize: str | None
         Number of points.
     noise : float
         Noise standard deviation in the raw coordinates.
-    seed : int, numpy.random.Generator, torch.Generator or None
+    generator : int, numpy.random.Generator, torch.Generator or None
         Source of randomness.
     standardize : {"isotropic", "coordinate", None}
         See the module docstring.
     return_position : bool
         Also return the position u along the spiral, a float64 tensor (n,).
+    seed
+        Deprecated former name of ``generator``.
     """
     from sklearn.datasets import make_swiss_roll
 
-    x, u = make_swiss_roll(n_samples=_count(n), noise=_noise(noise), random_state=_seed(seed))
+    state = _seed(_checks.renamed(generator, seed, "seed"))
+    x, u = make_swiss_roll(n_samples=_count(n), noise=_noise(noise), random_state=state)
     out = torch.as_tensor(_standardize(x[:, [0, 2]], standardize), dtype=torch.float64)
     return (out, torch.as_tensor(u, dtype=torch.float64)) if return_position else out
 
@@ -153,6 +158,7 @@ def mixture_data(target, n: int, generator: torch.Generator | None = None):
     (torch.Tensor, torch.Tensor)
         Points (n, D) in float64 and class labels (n,) as a long tensor.
     """
+    generator = _checks.generator(generator)
     if not hasattr(target, "sample") or not hasattr(target, "labels"):
         raise TypeError(f"target must be a Gaussian mixture of diffnotes.targets, got {type(target).__name__}")
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:

@@ -371,6 +371,7 @@ def score_error(estimator, target, t: float, n_eval: int = 2000, generator: torc
     points : tensor of shape (m, D), optional
         Points drawn from :math:`P_t` by the caller.
     """
+    generator = _checks.generator(generator)
     est_score = _checks.score_callable(estimator, "estimator")
     true_score = _checks.score_callable(target, "target")
     t = float(t)

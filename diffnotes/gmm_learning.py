@@ -125,6 +125,7 @@ def dsm_loss(mu, x0: torch.Tensor, t, *, eps: torch.Tensor | None = None, genera
     Its expectation is :func:`population_loss` plus a constant (:math:`d/h - \mathbb E\|\nabla\log p_t\|^2`).
     ``eps`` (n, d) fixes the noise (common random numbers); otherwise it is drawn with ``generator``.
     """
+    generator = _checks.generator(generator)
     sde = _checks.sde_or_default(sde)
     mu = _vector("mu", mu)
     x0 = _checks.points(x0, "x0", mu.shape[0])
@@ -256,6 +257,7 @@ def gradient_descent(mu0, t, *, lr: float, n_steps: int, mu_star=None, x0: torch
     descends the empirical :func:`dsm_loss` on that sample, drawing fresh noise at every step (``generator``).
     The gradient scales like :math:`\alpha^4` at large t; choose ``lr`` accordingly (e.g. :math:`\eta/\alpha^4`).
     """
+    generator = _checks.generator(generator)
     sde = _checks.sde_or_default(sde)
     mu = _vector("mu0", mu0).detach().to(torch.float64).clone()
     lr = float(lr)

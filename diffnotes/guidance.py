@@ -431,6 +431,7 @@ def noisy_classifier_loss(classifier: Callable, x0: torch.Tensor, y, t0: float =
     :cite:p:`dhariwal2021diffusion`).  Arguments as in :func:`diffnotes.losses.dsm_loss`; ``classifier(x, t)``
     returns (n, C) log-probabilities and ``y`` holds (n,) integer labels.
     """
+    generator = _checks.generator(generator)
     sde = _checks.sde_or_default(sde)
     x0 = _checks.sample(x0)
     t0, T = _interval(sde, t0, T)

@@ -98,6 +98,7 @@ def _check_mp(n_iter, correction) -> int:
 def random_couplings(D: int, op_norm: float, generator: torch.Generator | None = None) -> torch.Tensor:
     r"""A random symmetric matrix A (D, D) with zero diagonal, Gaussian entries, rescaled so that
     :math:`\|A\|_{op}` equals ``op_norm`` (the review's high-temperature regime is :math:`\|A\|_{op} < 1/4`)."""
+    generator = _checks.generator(generator)
     if isinstance(D, bool) or int(D) != D or D < 2:
         raise ValueError(f"D must be an integer >= 2, got {D!r}")
     op_norm = float(op_norm)

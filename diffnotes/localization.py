@@ -366,6 +366,7 @@ def stochastic_localization(posterior_mean: PosteriorMean, y, s_grid, *, generat
     torch.Tensor or (torch.Tensor, torch.Tensor)
         The final state (or estimate), and with ``return_trajectory`` the path.
     """
+    generator = _checks.generator(generator)
     if not callable(posterior_mean):
         raise TypeError("posterior_mean must be a callable m(y, s)")
     if noise is not None and not callable(noise):

@@ -33,6 +33,7 @@ from collections.abc import Callable
 
 import torch
 
+from . import _checks
 from ._checks import positive_int, sample, sde_or_default
 from .sde import VPSDE, as_time
 
@@ -83,6 +84,7 @@ def sample_times(n: int, t0: float = 1e-3, T: float | None = None, *, sde: VPSDE
     dtype, device
         Of the result.
     """
+    generator = _checks.generator(generator)
     t0, T = _interval(sde_or_default(sde), t0, T)
     n = positive_int(n, "n", floats=True)
     like = torch.empty(0, dtype=dtype, device=device)
@@ -197,6 +199,7 @@ def esm_loss(model: Callable, score_true: Callable, x0: torch.Tensor, t0: float 
     torch.Tensor
         The loss.
     """
+    generator = _checks.generator(generator)
     sde = sde_or_default(sde)
     x0 = sample(x0)
     t0, T = _interval(sde, t0, T)
@@ -243,6 +246,7 @@ def dsm_loss(model: Callable, x0: torch.Tensor, t0: float = 1e-3, T: float | Non
     torch.Tensor
         The loss (a scalar, or (n,) with ``reduction="none"``).
     """
+    generator = _checks.generator(generator)
     sde = sde_or_default(sde)
     x0 = sample(x0)
     t0, T = _interval(sde, t0, T)
@@ -294,6 +298,7 @@ def sliced_score_matching_loss(model: Callable, x: torch.Tensor, t, *, n_project
     reduction : {"mean", "none"}
         Batch mean, or the per-sample terms.
     """
+    generator = _checks.generator(generator)
     x = sample(x, "x")
     if isinstance(n_projections, bool) or int(n_projections) != n_projections or n_projections < 1:
         raise ValueError(f"n_projections must be a positive integer, got {n_projections!r}")
@@ -338,6 +343,7 @@ def drop_labels(y: torch.Tensor, p_uncond: float, null_label: int, *,
     generator : torch.Generator, optional
         Source of the Bernoulli draws.
     """
+    generator = _checks.generator(generator)
     p = float(p_uncond)
     if not 0 <= p <= 1:
         raise ValueError(f"p_uncond must lie in [0, 1], got {p_uncond}")
@@ -383,6 +389,7 @@ def conditional_dsm_loss(model: Callable, x0: torch.Tensor, y, t0: float = 1e-3,
     weight, sde, generator, t, eps, reduction
         As in :func:`dsm_loss`.
     """
+    generator = _checks.generator(generator)
     sde = sde_or_default(sde)
     x0 = sample(x0)
     t0, T = _interval(sde, t0, T)

@@ -235,12 +235,14 @@ class Circle:
     # -- sampling ------------------------------------------------------------------------------------------
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         r"""Draw n points :math:`r\,u(\Theta)`, :math:`\Theta \sim \mathrm{Unif}[0, 2\pi)`: shape (n, 2), float64."""
+        generator = _checks.generator(generator)
         n = _checks.positive_int(n, "n", 1)
         theta = 2 * math.pi * torch.rand(n, generator=generator, dtype=torch.float64)
         return self.radius * torch.stack([torch.cos(theta), torch.sin(theta)], dim=1)
 
     def sample_marginal(self, n: int, t, generator: torch.Generator | None = None) -> torch.Tensor:
         r"""Draw n points of :math:`P_t`: data, then the forward kernel :math:`\alpha x_0 + \sqrt h\,\xi`."""
+        generator = _checks.generator(generator)
         return self.sde.marginal_sample(self.sample(n, generator), t, generator)[0]
 
     def mean(self) -> torch.Tensor:

@@ -25,8 +25,9 @@ A sample-based distance between two samples of the *same* law is not zero: it is
 :func:`noise_floor` measures that size, so that a chapter can say whether a sampler's error is visible at all.
 
 Conventions: samples are arrays shaped ``(n, D)`` (numpy arrays or torch tensors, converted to float64 numpy); a 1-D
-array of ``n`` numbers is ``n`` samples in dimension one.  Randomness enters only through an explicit ``rng`` argument
-(a seed or a :class:`numpy.random.Generator`).  References: :cite:p:`kozachenko1987sample`, :cite:p:`gretton2012kernel`,
+array of ``n`` numbers is ``n`` samples in dimension one.  Randomness enters only through an explicit ``generator``
+argument (an int seed, a :class:`numpy.random.Generator` or a :class:`torch.Generator`; ``None`` draws fresh
+entropy, as everywhere in the package).  References: :cite:p:`kozachenko1987sample`, :cite:p:`gretton2012kernel`,
 :cite:p:`szekely2013energy`, :cite:p:`bonneel2015sliced`, :cite:p:`flamary2021pot`.
 """
 
@@ -452,7 +453,7 @@ def wasserstein_1d_to_cdf(x, cdf: Callable, grid) -> float:
     return float(0.5 * np.sum(gaps * np.diff(t)))
 
 
-def sliced_wasserstein(x, y, n_projections: int = 200, rng=None, p: float = 2) -> float:
+def sliced_wasserstein(x, y, n_projections: int = 200, generator=None, p: float = 2, *, rng=_checks.UNSET) -> float:
     r"""Sliced p-Wasserstein distance between the empirical laws of two samples.
 
     .. math::
@@ -461,7 +462,7 @@ def sliced_wasserstein(x, y, n_projections: int = 200, rng=None, p: float = 2) -
         W_p^p(\theta_\#\mu, \theta_\#\nu)\Big)^{1/p},
 
     the expectation replaced by an average over ``n_projections`` random directions :math:`\theta` (drawn from
-    ``rng``), each 1-D distance computed exactly by ``ot.sliced_wasserstein_distance``
+    ``generator``), each 1-D distance computed exactly by ``ot.sliced_wasserstein_distance``
     :cite:p:`bonneel2015sliced,flamary2021pot`.  In dimension one the only directions are :math:`\pm1` and the
     result is the exact :math:`W_p`.
 
@@ -471,11 +472,13 @@ def sliced_wasserstein(x, y, n_projections: int = 200, rng=None, p: float = 2) -
         Samples shaped (n, D) and (m, D) (or (n,), (m,) in dimension one).
     n_projections : int
         Number of random directions.
-    rng : int, numpy.random.Generator or None
-        Source of the directions.  ``None`` means seed 0, so that the same call always returns the same number; pass
-        a Generator to draw fresh directions.
+    generator : int, numpy.random.Generator, torch.Generator or None
+        Source of the directions.  ``None`` draws fresh directions (the package's convention; until issue 20 it
+        meant seed 0 here); pass a seed for the same number on every call.
     p : float
         Order, :math:`p \ge 1`.
+    rng
+        Deprecated former name of ``generator``.
 
     Returns
     -------
@@ -487,7 +490,7 @@ def sliced_wasserstein(x, y, n_projections: int = 200, rng=None, p: float = 2) -
     p = float(p)
     if not (math.isfinite(p) and p >= 1):
         raise ValueError(f"the order p must be a finite number >= 1, got {p}")
-    gen = np.random.default_rng(0 if rng is None else rng)
+    gen = _checks.numpy_generator(_checks.renamed(generator, rng, "rng"))
     theta = gen.standard_normal((x.shape[1], n_projections))
     theta /= np.linalg.norm(theta, axis=0, keepdims=True)
     return float(ot.sliced_wasserstein_distance(x, y, n_projections=n_projections, p=p, projections=theta))
@@ -750,10 +753,11 @@ class Floor:
         return f"noise floor {self.mean:.3g} +- {self.std:.2g} ({len(self.values)} repeats)"
 
 
-def noise_floor(metric: Callable, sample: Callable, n: int, repeats: int = 10, rng=None) -> Floor:
+def noise_floor(metric: Callable, sample: Callable, n: int, repeats: int = 10, generator=None, *,
+                rng=_checks.UNSET) -> Floor:
     r"""The two-sample noise floor of a Monte Carlo metric.
 
-    Draws two independent samples ``a = sample(n, rng)``, ``b = sample(n, rng)`` of the reference law, evaluates
+    Draws two independent samples ``a = sample(n, gen)``, ``b = sample(n, gen)`` of the reference law, evaluates
     ``metric(a, b)``, and repeats.  The metric's values between two samples of the *same* law are its floor: a
     sampler whose error (the metric between its output and a reference sample, both of size ``n``) lies within
     this floor cannot be told from an exact sampler at this ``n``.
@@ -761,15 +765,19 @@ def noise_floor(metric: Callable, sample: Callable, n: int, repeats: int = 10, r
     Parameters
     ----------
     metric : callable
-        ``metric(a, b) -> float``, for example :func:`mmd` or ``functools.partial(sliced_wasserstein, rng=0)``.
+        ``metric(a, b) -> float``, for example :func:`mmd` or
+        ``functools.partial(sliced_wasserstein, generator=0)``.
     sample : callable
-        ``sample(n, rng) -> samples``; ``rng`` is the :class:`numpy.random.Generator` passed on by this function.
+        ``sample(n, gen) -> samples``; ``gen`` is the :class:`numpy.random.Generator` passed on by this function
+        (made from ``generator`` by ``numpy_generator``: a numpy generator given is passed on itself).
     n : int
         Size of each sample (use the size the compared sampler will use: the floor shrinks with ``n``).
     repeats : int
         Number of pairs, at least 2.
-    rng : int, numpy.random.Generator or None
+    generator : int, numpy.random.Generator, torch.Generator or None
         Source of randomness; ``None`` draws fresh entropy, pass a seed for reproducible numbers.
+    rng
+        Deprecated former name of ``generator``.
 
     Returns
     -------
@@ -780,7 +788,7 @@ def noise_floor(metric: Callable, sample: Callable, n: int, repeats: int = 10, r
         raise TypeError("metric and sample must be callables: metric(a, b) -> float and sample(n, rng) -> samples")
     n = _checks.positive_int(n, "n", 2, error=TypeError)
     repeats = _checks.positive_int(repeats, "repeats", 2, error=TypeError)
-    gen = np.random.default_rng(rng)
+    gen = _checks.numpy_generator(_checks.renamed(generator, rng, "rng"))
     values = []
     for _ in range(repeats):
         value = metric(sample(n, gen), sample(n, gen))
@@ -800,17 +808,20 @@ class PermutationTest(NamedTuple):
     pvalue: float
 
 
-def energy_permutation_test(x, y, n_permutations: int = 200, rng=None) -> PermutationTest:
+def energy_permutation_test(x, y, n_permutations: int = 200, generator=None, *,
+                            rng=_checks.UNSET) -> PermutationTest:
     r"""Two-sample permutation test of :math:`P_x = P_y` with the energy distance as statistic.
 
     The pooled sample is relabelled ``n_permutations`` times at random; the p-value is the fraction of the
     ``n_permutations + 1`` energy distances (the observed labelling included) at least as large as the observed one,
     so it is exact under the null hypothesis and never zero.  All labellings share one pairwise-distance matrix, so
     the cost is one :math:`(n_x+n_y)^2` matrix and one matrix product.  :cite:p:`szekely2013energy`.
+    The labellings are drawn from ``generator`` (an int seed, a numpy or torch generator; ``None``: fresh entropy;
+    ``rng`` is its deprecated former name).
     """
     x, y = _two_samples(x, y, min_n=2)
     n_permutations = _checks.positive_int(n_permutations, "n_permutations", error=TypeError)
-    rng = np.random.default_rng(rng)
+    rng = _checks.numpy_generator(_checks.renamed(generator, rng, "rng"))
     pooled = np.concatenate([x, y])
     m, n = len(x), len(y)
     D = scipy.spatial.distance.cdist(pooled, pooled)

@@ -14,6 +14,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from . import _checks
+
 __all__ = ["Slope", "loglog_slope", "covered_tol"]
 
 
@@ -42,7 +44,7 @@ def _fit(lx: np.ndarray, ly: np.ndarray) -> tuple[float, float]:
     return float(b), float(a)
 
 
-def loglog_slope(x, y, n_boot: int = 2000, rng=None, level: float = 0.95) -> Slope:
+def loglog_slope(x, y, n_boot: int = 2000, generator=None, level: float = 0.95, *, rng=_checks.UNSET) -> Slope:
     r"""Least-squares slope of :math:`\log y` against :math:`\log x`, with a percentile bootstrap interval.
 
     Parameters
@@ -55,10 +57,12 @@ def loglog_slope(x, y, n_boot: int = 2000, rng=None, level: float = 0.95) -> Slo
         repeats within each x (the spread of the slope that the measurement noise causes).
     n_boot : int
         Number of bootstrap resamples (at least 100).
-    rng : int, numpy.random.Generator or None
-        Source of randomness for the bootstrap.
+    generator : int, numpy.random.Generator, torch.Generator or None
+        Source of randomness for the bootstrap (``None``: fresh entropy).
     level : float
         Coverage of the interval, in (0, 1).
+    rng
+        Deprecated former name of ``generator``.
 
     Returns
     -------
@@ -81,7 +85,7 @@ def loglog_slope(x, y, n_boot: int = 2000, rng=None, level: float = 0.95) -> Slo
         raise ValueError(f"level must lie in (0, 1), got {level}")
     if y.ndim == 2 and y.shape[1] < 2:
         y = y[:, 0]
-    gen = np.random.default_rng(rng)
+    gen = _checks.numpy_generator(_checks.renamed(generator, rng, "rng"))
     lx = np.log(x)
     k = x.size
     if y.ndim == 1:

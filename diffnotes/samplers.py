@@ -15,7 +15,8 @@ signature here::
 * ``score(x, t)`` returns a tensor shaped like ``x`` (the package's one protocol; ``t`` is passed as a tensor with one
   time per row);
 * ``x`` is the start (a tensor, usually draws from :math:`\mathsf N(0, I)`) or its shape, then drawn from
-  :math:`\mathsf N(0, I)` with ``generator``;
+  :math:`\mathsf N(0, I)` with ``generator`` (None, an int seed, a torch or a numpy generator: the package's one
+  convention);
 * ``times`` is a strictly decreasing grid :math:`T \ge t_0 > t_1 > \dots > t_N > 0` (see :func:`time_grid`); the last
   time is the early-stopping time :math:`t_0` of the review;
 * ``noise``, if given, replaces the Gaussian draws: it is called as ``noise(like)`` for every injection and returns a
@@ -39,6 +40,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from . import _checks
 from .sde import VPSDE, ConstantVP, as_time
 
 __all__ = [
@@ -144,6 +146,7 @@ class _Run:
         if not isinstance(self.sde, VPSDE):
             raise TypeError(f"sde must be a VPSDE, got {type(self.sde).__name__}")
         self.times = _check_times(times, self.sde)
+        generator = _checks.generator(generator)
         self.x = _start(x, generator)
         self._score, self._generator, self._noise = score, generator, noise
         self.trajectory = [self.x.clone()] if return_trajectory else None

@@ -30,6 +30,7 @@ import math
 import numpy as np
 import torch
 
+from . import _checks
 from ._checks import time_column
 
 __all__ = ["VPSDE", "ConstantVP", "LinearVP", "CosineVP", "DiscreteVP", "as_time"]
@@ -156,6 +157,7 @@ class VPSDE:
         generator : torch.Generator, optional
             Source of the noise when it is drawn.
         """
+        generator = _checks.generator(generator)
         if not isinstance(x0, torch.Tensor) or x0.ndim != 2:
             raise ValueError(f"x0 must be a tensor of shape (n, D), got {getattr(x0, 'shape', type(x0))}")
         a, h = self.coefficients(t, x0)
@@ -212,6 +214,7 @@ class VPSDE:
         so there is no discretisation error.  Returns the paths, shape (len(times), n, D), starting at ``x0`` when
         the first time is 0.
         """
+        generator = _checks.generator(generator)
         if not isinstance(x0, torch.Tensor) or x0.ndim != 2:
             raise ValueError(f"x0 must be a tensor of shape (n, D), got {getattr(x0, 'shape', type(x0))}")
         times = self.check_time(times, allow_zero=True, name="times")
@@ -230,6 +233,7 @@ class VPSDE:
 
     def prior_sample(self, shape, generator: torch.Generator | None = None, dtype=torch.float64) -> torch.Tensor:
         r"""Draw from the reference law :math:`\mathsf N(0, I)` that stands in for :math:`P_T`."""
+        generator = _checks.generator(generator)
         return torch.randn(tuple(shape), generator=generator, dtype=dtype)
 
     def denoise(self, x: torch.Tensor, score_value: torch.Tensor, t) -> torch.Tensor:

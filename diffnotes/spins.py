@@ -157,6 +157,7 @@ class SpinModel:
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """n exact draws of the Gibbs measure, shape (n, N)."""
+        generator = _checks.generator(generator)
         n = _int("n", n, 1)
         idx = torch.multinomial(self.probabilities(), n, replacement=True, generator=generator)
         return self.configurations()[idx]
@@ -232,6 +233,7 @@ class SpinModel:
         (torch.Tensor, torch.Tensor)
             The final spins (n, N), and the magnetisation after each sweep, shape (n_sweeps + 1, n).
         """
+        generator = _checks.generator(generator)
         if isinstance(start, tuple):
             if len(start) != 2 or start[0] not in ("plus", "random"):
                 raise ValueError(f"start must be spins (n, N), ('plus', n) or ('random', n); got {start!r}")
@@ -318,6 +320,7 @@ class CurieWeiss(SpinModel):
 
     def sample(self, n, generator=None):
         """n exact draws (any N): m from its law, then a uniformly random configuration with that m."""
+        generator = _checks.generator(generator)
         n = _int("n", n, 1)
         _, probs = self.magnetization_law()
         k = torch.multinomial(torch.as_tensor(probs), n, replacement=True, generator=generator)

@@ -232,6 +232,7 @@ class GaussianMixture:
 
         Returns the points (n, D), and with ``return_labels`` also their component ids (n,).
         """
+        generator = _checks.generator(generator)
         if int(n) != n or n < 1:
             raise ValueError(f"n must be a positive integer, got {n}")
         n = int(n)
@@ -248,6 +249,7 @@ class GaussianMixture:
 
     def sample_marginal(self, n: int, t, generator: torch.Generator | None = None) -> torch.Tensor:
         r"""Draw n points from the diffused law :math:`P_t` (data, then the forward kernel)."""
+        generator = _checks.generator(generator)
         x0 = self.sample(n, generator)
         return self.sde.marginal_sample(x0, t, generator)[0]
 
@@ -364,6 +366,7 @@ def ring_mixture(n_components: int = 8, radius: float = 4.0, std: float = 0.3, s
 
 def orthonormal_basis(D: int, d: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """A random D x d matrix with orthonormal columns (QR of a Gaussian matrix), float64."""
+    generator = _checks.generator(generator)
     if int(d) != d or int(D) != D or d < 1:
         raise ValueError(f"D and d must be positive integers, got D={D}, d={d}")
     if d > D:
