@@ -339,15 +339,30 @@ def build_table(app: Sphinx, fromdocname: str, records: list[dict[str, Any]]) ->
                   ["diffnotes-scorecard"])
 
 
-PART_NAMES = {f"part{k}": f"Part {k}" for k in range(1, 7)}
+def part_names(app: Sphinx) -> dict[str, str]:
+    """``part2`` -> "The SDE workflow": each chapter folder named by the caption of its part in the contents."""
+    from sphinx import addnodes
+
+    names: dict[str, str] = {}
+    try:
+        root = app.env.get_doctree(app.config.root_doc)
+    except Exception:  # no root doctree yet (a partial build): fall back to the folder names
+        return names
+    for toctree in root.findall(addnodes.toctree):
+        caption = toctree.get("caption")
+        for _, doc in toctree.get("entries", []):
+            part = part_of(doc or "")
+            if caption and part.startswith("part"):
+                names.setdefault(part, caption)
+    return names
 
 
 def counts_table(app: Sphinx, records: list[dict[str, Any]]) -> nodes.table:
     """Counts per part: reproduced, not visible, illustrations, consistency checks, failed."""
     headers = ["Part", REPRODUCED, NOT_VISIBLE, "illustration", "consistency check", "FAILED"]
-    rows = []
+    rows, names = [], part_names(app)
     for part, c in counts_by_part(records).items():
-        cells = [_para(PART_NAMES.get(part, part or "(other)"))]
+        cells = [_para(names.get(part, part or "(other)"))]
         cells += [_para(str(c.get(header, 0))) for header in headers[1:]]
         rows.append((cells, []))
     return _table(headers, [1] * len(headers), rows, ["diffnotes-scorecard-counts"])
@@ -406,12 +421,12 @@ def execution_rows(app: Sphinx) -> list[dict[str, Any]]:
 
 
 def execution_table(app: Sphinx, fromdocname: str) -> list[nodes.Node]:
-    rows, total = [], 0.0
+    rows, total, names = [], 0.0, part_names(app)
     records = execution_rows(app)
     for r in records:
         total += r["seconds"] or 0.0
         cells = [
-            _para(PART_NAMES.get(r["part"], r["part"])),
+            _para(names.get(r["part"], r["part"] or "-")),
             _chapter_link(app, fromdocname, r["doc"]),
             _para("-" if r["seconds"] is None else f"{r['seconds']:.1f}"),
             _para("notebook tests" if r["by_tests"] else "book build"),
@@ -420,7 +435,7 @@ def execution_table(app: Sphinx, fromdocname: str) -> list[nodes.Node]:
         rows.append((cells, ["diffnotes-" + ("pass" if r["succeeded"] else "fail")]))
     summary = _para(f"{len(records)} chapters executed, {sum(r['succeeded'] for r in records)} without error; "
                     f"their run times add up to {total:.0f} s (two run at a time).")
-    table = _table(["Part", "Chapter", "Seconds", "Executed by", "Status"], [8, 52, 10, 18, 12], rows,
+    table = _table(["Part", "Chapter", "Seconds", "Executed by", "Status"], [22, 40, 10, 16, 12], rows,
                    ["diffnotes-executions"])
     return [summary, table]
 
