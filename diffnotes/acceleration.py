@@ -32,7 +32,7 @@ from . import _checks
 from ._checks import positive_int, sample, sde_or_default
 from .losses import _reduce
 from .networks import _mlp, seeded
-from .samplers import _check_times, exponential_multistep
+from .samplers import _check_times, _ddim_rows, _Loop, _start, exponential_multistep
 from .sde import VPSDE, as_time
 from .targets import GaussianMixture, SubspaceMixture
 from .training import TrainResult, train
@@ -59,23 +59,6 @@ __all__ = [
 
 
 # -- validation ------------------------------------------------------------------------------------------------------
-def _start(x, generator, dim: int | None = None) -> torch.Tensor:
-    if isinstance(x, torch.Tensor):
-        x = sample(x, "the start x")
-        out = x.clone()
-    else:
-        try:
-            shape = tuple(int(s) for s in x)
-        except TypeError as err:
-            raise TypeError(f"the start x must be a tensor (n, D) or a shape (n, D), got {x!r}") from err
-        if len(shape) != 2 or min(shape) < 1:
-            raise ValueError(f"a start shape must be (n, D) with n, D >= 1, got {x!r}")
-        out = torch.randn(shape, generator=generator, dtype=torch.float64)
-    if dim is not None and out.shape[1] != dim:
-        raise ValueError(f"the start must have {dim} columns, got {out.shape[1]}")
-    return out
-
-
 def _call(model, x, *args) -> torch.Tensor:
     if not callable(model):
         raise TypeError(f"model must be callable, got {type(model).__name__}")
@@ -249,22 +232,17 @@ def flow_euler(velocity: Callable, x, times=8, *, generator: torch.Generator | N
     return_trajectory : bool
         Also return the states at every grid time, shape (N + 1, n, D).
     """
-    generator = _checks.generator(generator)
     if not callable(velocity):
         raise TypeError("velocity must be a callable v(x, s)")
     times = _check_flow_grid(times)
-    x = _start(x, generator)
-    path = [x.clone()] if return_trajectory else None
+    loop = _Loop(x, generator, None, return_trajectory, what="the flow")  # the samplers' loop (diffnotes.samplers)
     with torch.no_grad():
         for k in range(times.numel() - 1):
             s = float(times[k])
             ds = s - float(times[k + 1])
-            x = x - ds * _call(velocity, x, torch.full((x.shape[0],), s, dtype=x.dtype))
-            if path is not None:
-                path.append(x.clone())
-    if not torch.all(torch.isfinite(x)):
-        raise FloatingPointError("the flow produced non-finite values")
-    return (x, torch.stack(path)) if return_trajectory else x
+            x = loop.x
+            loop.record(x - ds * _call(velocity, x, torch.full((x.shape[0],), s, dtype=x.dtype)))
+    return loop.result("the steps are too large for this velocity")
 
 
 def reflow_pairs(velocity: Callable, z: torch.Tensor, times=100) -> tuple[torch.Tensor, torch.Tensor]:
@@ -409,20 +387,6 @@ class ConsistencyModel(nn.Module):
         return c_skip.to(x)[:, None] * x + c_out.to(x)[:, None] * F
 
 
-def _ddim_rows(score, sde, x, t, t_next, substeps: int) -> torch.Tensor:
-    """Deterministic DDIM (exponential-integrator) steps with one time per row, t -> t_next in ``substeps`` parts."""
-    G, G_next = sde.integral(t), sde.integral(t_next)
-    for j in range(substeps):
-        Ga, Gb = G + (G_next - G) * j / substeps, G + (G_next - G) * (j + 1) / substeps
-        ta = sde.inverse_integral(Ga)
-        a, h = torch.exp(-Ga / 2)[:, None], -torch.expm1(-Ga)[:, None]
-        a2, h2 = torch.exp(-Gb / 2)[:, None], -torch.expm1(-Gb)[:, None]
-        s = _call(score, x, ta)
-        x0 = (x + h * s) / a
-        x = a2 * x0 - torch.sqrt(h2) * torch.sqrt(h) * s
-    return x
-
-
 def consistency_distillation_loss(model: ConsistencyModel, x0: torch.Tensor, *, score: Callable, times,
                                   target_model: Callable | None = None, teacher_substeps: int = 1,
                                   generator: torch.Generator | None = None, reduction: str = "mean") -> torch.Tensor:
@@ -483,7 +447,7 @@ def consistency_distillation_loss(model: ConsistencyModel, x0: torch.Tensor, *, 
 
 
 def consistency_sample(model: ConsistencyModel, x, times=None, *, generator: torch.Generator | None = None,
-                       return_trajectory: bool = False):
+                       noise: Callable | None = None, return_trajectory: bool = False):
     r"""One-step or few-step sampling with a consistency model.
 
     From :math:`x_T` (given, or drawn from :math:`\mathsf N(0, I)`), :math:`\hat x = f(x_T, T)`; then for each further
@@ -491,8 +455,9 @@ def consistency_sample(model: ConsistencyModel, x, times=None, *, generator: tor
     :math:`t_0` to :math:`\tau`, :math:`x_\tau = r\hat x + \sqrt{1 - r^2}\,\xi`, :math:`r = \alpha(\tau)/\alpha(t_0)`,
     and mapped again, :math:`\hat x = f(x_\tau, \tau)` :cite:p:`song2023consistency`.  ``times=None`` is one step
     from T.  Each step is one network evaluation.  Returns :math:`\hat x` (and the estimates after each step).
+    ``noise(like)``, if given, replaces the Gaussian draws :math:`\xi` (one call a step after the first), as in
+    :mod:`diffnotes.samplers`, whose loop (start, noise, trajectory, finite check) this sampler shares.
     """
-    generator = _checks.generator(generator)
     if not isinstance(model, ConsistencyModel):
         raise TypeError(f"model must be a ConsistencyModel, got {type(model).__name__}")
     sde = model.sde
@@ -501,17 +466,16 @@ def consistency_sample(model: ConsistencyModel, x, times=None, *, generator: tor
         raise ValueError("times must be a non-empty 1-D decreasing grid")
     if not torch.all(times[1:] < times[:-1]) or torch.any(times <= model.t0) or torch.any(times > sde.T):
         raise ValueError(f"times must be strictly decreasing in (t0, T] = ({model.t0:g}, {sde.T:g}]")
-    x = _start(x, generator)
-    path = []
+    loop = _Loop(x, generator, noise, return_trajectory, record_start=False, what="consistency sampling")
     a0 = float(sde.alpha(torch.tensor(model.t0, dtype=torch.float64)))
     with torch.no_grad():
         for j, tau in enumerate(times.tolist()):
+            x = loop.x
             if j > 0:
                 r = float(sde.alpha(torch.tensor(tau, dtype=torch.float64))) / a0
-                x = r * x + math.sqrt(max(0.0, 1 - r * r)) * torch.randn(x.shape, generator=generator, dtype=x.dtype)
-            x = model(x, tau)
-            path.append(x.clone())
-    return (x, torch.stack(path)) if return_trajectory else x
+                x = r * x + math.sqrt(max(0.0, 1 - r * r)) * loop.draw(x)
+            loop.record(model(x, tau))
+    return loop.result("the model is not finite on these inputs")
 
 
 # -- latent diffusion with a PCA encoder -----------------------------------------------------------------------------

@@ -72,6 +72,7 @@ from collections.abc import Callable
 import torch
 
 from . import _checks
+from .samplers import _Loop
 from .sde import VPSDE, ConstantVP, as_time
 from .targets import GaussianMixture
 
@@ -366,11 +367,8 @@ def stochastic_localization(posterior_mean: PosteriorMean, y, s_grid, *, generat
     torch.Tensor or (torch.Tensor, torch.Tensor)
         The final state (or estimate), and with ``return_trajectory`` the path.
     """
-    generator = _checks.generator(generator)
     if not callable(posterior_mean):
         raise TypeError("posterior_mean must be a callable m(y, s)")
-    if noise is not None and not callable(noise):
-        raise TypeError("noise must be a callable noise(like) -> tensor, or None")
     if method not in ("euler", "heun"):
         raise ValueError(f"method must be 'euler' or 'heun', got {method!r}")
     s_grid = _check_grid(s_grid)
@@ -387,7 +385,7 @@ def stochastic_localization(posterior_mean: PosteriorMean, y, s_grid, *, generat
                              "Y_{s_0} as a tensor to start later")
         y = torch.zeros(shape, dtype=torch.float64)
     n = y.shape[0]
-    trajectory = [y.clone()] if return_trajectory else None
+    loop = _Loop(y, generator, noise, return_trajectory, what="stochastic localization")  # the samplers' loop
 
     def m(state, s):
         out = posterior_mean(state, torch.full((n,), s, dtype=state.dtype))
@@ -399,19 +397,12 @@ def stochastic_localization(posterior_mean: PosteriorMean, y, s_grid, *, generat
     with torch.no_grad():
         for s, s_next in zip(s_grid[:-1].tolist(), s_grid[1:].tolist(), strict=True):
             ds = s_next - s
-            xi = noise(y) if noise is not None else torch.randn(y.shape, generator=generator, dtype=y.dtype)
-            if not isinstance(xi, torch.Tensor) or xi.shape != y.shape:
-                raise ValueError(f"noise(like) must return a tensor shaped like its argument {tuple(y.shape)}")
+            y = loop.x
+            xi = loop.draw(y)
             drift = m(y, s)
             if method == "heun":
                 drift = 0.5 * (drift + m(y + ds * drift + math.sqrt(ds) * xi, s_next))
-            y = y + ds * drift + math.sqrt(ds) * xi
-            if trajectory is not None:
-                trajectory.append(y.clone())
+            loop.record(y + ds * drift + math.sqrt(ds) * xi)
         if final_denoise:
-            y = m(y, float(s_grid[-1]))
-            if trajectory is not None:
-                trajectory.append(y.clone())
-    if not torch.all(torch.isfinite(y)):
-        raise FloatingPointError("stochastic localization produced non-finite values: the steps are too large")
-    return (y, torch.stack(trajectory)) if trajectory is not None else y
+            loop.record(m(loop.x, float(s_grid[-1])))
+    return loop.result("the steps are too large")

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from . import _checks
-from .sde import VPSDE, ConstantVP, as_time
+from .sde import VPSDE, as_time
 
 __all__ = [
     "time_grid",
@@ -121,35 +121,91 @@ def _check_times(times, sde: VPSDE) -> torch.Tensor:
     return times
 
 
-def _start(x, generator, dtype=torch.float64) -> torch.Tensor:
-    if isinstance(x, torch.Tensor):
-        if x.ndim != 2:
-            raise ValueError(f"the start x must have shape (n, D), got {tuple(x.shape)}")
-        if not x.is_floating_point():
-            raise TypeError(f"the start x must be a floating tensor, got dtype {x.dtype}")
-        return x.clone()
-    shape = tuple(int(s) for s in x)
-    if len(shape) != 2 or min(shape) < 1:
-        raise ValueError(f"a start shape must be (n, D) with n, D >= 1, got {x!r}")
-    return torch.randn(shape, generator=generator, dtype=dtype)
+def _start(x, generator, dim: int | None = None, fill=None) -> torch.Tensor:
+    """The start of a sampling loop: a copy of a given (n, D) floating tensor (or numpy array), or draws of
+    N(0, I) with ``generator`` for a shape (n, D) (``fill(shape)`` instead of the draws when given)."""
+    if isinstance(x, (torch.Tensor, np.ndarray)):
+        out = _checks.sample(x, "the start x").clone()
+    else:
+        try:
+            shape = tuple(int(s) for s in x)
+        except TypeError as err:
+            raise TypeError(f"the start x must be a tensor (n, D) or a shape (n, D), got {x!r}") from err
+        if len(shape) != 2 or min(shape) < 1:
+            raise ValueError(f"a start shape must be (n, D) with n, D >= 1, got {x!r}")
+        out = fill(shape) if fill is not None else torch.randn(shape, generator=generator, dtype=torch.float64)
+    if dim is not None and out.shape[1] != dim:
+        raise ValueError(f"the start must have {dim} columns, got {out.shape[1]}")
+    return out
 
 
-class _Run:
-    """State shared by one sampler call: the score with per-row times, the noise source, the trajectory."""
+class _Loop:
+    """The one sampling loop of the package: start, noise source, trajectory and the final finite check.
+
+    Every sampler runs through it: the samplers of this module through :func:`_sampler` (via :class:`_Run`), and
+    :func:`diffnotes.acceleration.flow_euler`, :func:`diffnotes.acceleration.consistency_sample` and
+    :func:`diffnotes.localization.stochastic_localization` directly.
+
+    Parameters
+    ----------
+    x : torch.Tensor or tuple
+        The start, or its shape (see :func:`_start`).
+    generator : None, int, torch.Generator or numpy.random.Generator
+        Source of the start and of the Gaussian draws.
+    noise : callable, optional
+        ``noise(like)`` replaces every Gaussian draw (checked to return a tensor shaped like ``like``).
+    return_trajectory : bool
+        Keep the states passed to :meth:`record` (and the start, when ``record_start``).
+    fill, dim
+        See :func:`_start`.
+    what : str
+        The loop's name in the message of the finite check.
+    """
+
+    def __init__(self, x, generator=None, noise=None, return_trajectory=False, *, fill=None, dim=None,
+                 record_start: bool = True, what: str = "the sampler"):
+        if noise is not None and not callable(noise):
+            raise TypeError("noise must be a callable noise(like) -> tensor, or None")
+        self._generator = _checks.generator(generator)
+        self._noise = noise
+        self.what = what
+        self.x = _start(x, self._generator, dim, fill)
+        self.trajectory = ([self.x.clone()] if record_start else []) if return_trajectory else None
+
+    def draw(self, like: torch.Tensor) -> torch.Tensor:
+        """Standard Gaussian noise shaped like ``like`` (from the noise hook when there is one)."""
+        if self._noise is not None:
+            xi = self._noise(like)
+            if not isinstance(xi, torch.Tensor) or xi.shape != like.shape:
+                raise ValueError(f"noise(like) must return a tensor shaped like its argument {tuple(like.shape)}")
+            return xi
+        return torch.randn(like.shape, generator=self._generator, dtype=like.dtype, device=like.device)
+
+    def record(self, x: torch.Tensor) -> None:
+        """Make ``x`` the current state (kept in the trajectory when one is returned)."""
+        self.x = x
+        if self.trajectory is not None:
+            self.trajectory.append(x.clone())
+
+    def result(self, hint: str = "the step is too large for this score, or t0 too small"):
+        """The final state, or (final, trajectory); non-finite values raise FloatingPointError."""
+        if not torch.all(torch.isfinite(self.x)):
+            raise FloatingPointError(f"{self.what} produced non-finite values: {hint}")
+        if self.trajectory is None:
+            return self.x
+        return self.x, torch.stack(self.trajectory)
+
+
+class _Run(_Loop):
+    """State shared by one call of a sampler of this module: the loop, the score with per-row times, the grid."""
 
     def __init__(self, score, x, times, sde, generator, noise, return_trajectory):
         if not callable(score):
             raise TypeError("score must be a callable score(x, t)")
-        if noise is not None and not callable(noise):
-            raise TypeError("noise must be a callable noise(like) -> tensor, or None")
-        self.sde = sde if sde is not None else ConstantVP()
-        if not isinstance(self.sde, VPSDE):
-            raise TypeError(f"sde must be a VPSDE, got {type(self.sde).__name__}")
+        self.sde = _checks.sde_or_default(sde)
         self.times = _check_times(times, self.sde)
-        generator = _checks.generator(generator)
-        self.x = _start(x, generator)
-        self._score, self._generator, self._noise = score, generator, noise
-        self.trajectory = [self.x.clone()] if return_trajectory else None
+        super().__init__(x, generator, noise, return_trajectory)
+        self._score = score
         self.memory: dict = {}  # state carried between the steps of multistep methods
         self.n_steps = self.times.numel() - 1
         self.step_index = 0
@@ -162,52 +218,71 @@ class _Run:
                              f"{getattr(s, 'shape', type(s))}")
         return s
 
-    def draw(self, like):
-        if self._noise is not None:
-            return self._noise(like)
-        return torch.randn(like.shape, generator=self._generator, dtype=like.dtype, device=like.device)
-
     def steps(self):
         for k in range(self.n_steps):
             self.step_index = k
             yield float(self.times[k]), float(self.times[k + 1])
 
-    def record(self, x):
-        self.x = x
-        if self.trajectory is not None:
-            self.trajectory.append(x.clone())
 
-    def result(self):
-        if not torch.all(torch.isfinite(self.x)):
-            raise FloatingPointError(
-                "the sampler produced non-finite values: the step is too large for this score, or t0 too small"
-            )
-        if self.trajectory is None:
-            return self.x
-        return self.x, torch.stack(self.trajectory)
+def _ddim_rows(score, sde, x, t, t_next, substeps: int = 1) -> torch.Tensor:
+    r"""Deterministic DDIM steps with one time per row, :math:`t 	o t'` in ``substeps`` equal parts of
+    :math:`G = \int_0^t g`: the DDIM step of :func:`ddim` (``eta = 0``) for a batch whose rows sit at different times
+    (the teacher step of :func:`diffnotes.acceleration.consistency_distillation_loss`).  ``t`` and ``t_next`` are
+    (n,) tensors; ``score(x, t)`` is called with (n,) times."""
+    if not callable(score):
+        raise TypeError(f"model must be callable, got {type(score).__name__}")
+    G, G_next = sde.integral(t), sde.integral(t_next)
+    for j in range(substeps):
+        Ga, Gb = G + (G_next - G) * j / substeps, G + (G_next - G) * (j + 1) / substeps
+        ta = sde.inverse_integral(Ga)
+        a, h = torch.exp(-Ga / 2)[:, None], -torch.expm1(-Ga)[:, None]
+        a2, h2 = torch.exp(-Gb / 2)[:, None], -torch.expm1(-Gb)[:, None]
+        s = score(x, ta)
+        if not isinstance(s, torch.Tensor) or s.shape != x.shape:
+            raise ValueError(f"the model must return a tensor shaped like its input {tuple(x.shape)}, got "
+                             f"{getattr(s, 'shape', type(s))}")
+        x0 = (x + h * s) / a
+        x = a2 * x0 - torch.sqrt(h2) * torch.sqrt(h) * s
+    return x
 
 
-def _sampler(step):
-    """Turn a one-step rule ``step(run, x, t, t_next, **options) -> x_next`` into a sampler."""
+#: Every sampler of this module, in the order defined; filled by :func:`_sampler` (the registry is the samplers).
+_REGISTRY: dict = {}
 
-    def sampler(score: Score, x, times, *, sde=None, generator=None, noise=None, return_trajectory=False,
-                final_denoise=False, **options):
-        run = _Run(score, x, times, sde, generator, noise, return_trajectory)
-        with torch.no_grad():
-            for t, t_next in run.steps():
-                run.record(step(run, run.x, t, t_next, **options))
-            if final_denoise:
-                t_last = float(run.times[-1])
-                run.record(run.sde.denoise(run.x, run.score(run.x, t_last), t_last))
-        return run.result()
 
-    sampler.__name__ = step.__name__.lstrip("_")
-    sampler.__qualname__ = sampler.__name__
-    sampler.__doc__ = step.__doc__
-    common = [p for p in inspect.signature(sampler).parameters.values() if p.kind != p.VAR_KEYWORD]
-    extra = list(inspect.signature(step).parameters.values())[4:]
-    sampler.__signature__ = inspect.Signature(common + [p.replace(kind=p.KEYWORD_ONLY) for p in extra])
-    return sampler
+def _sampler(step=None, *, check=None, deterministic: bool = False, evals_per_step: int = 1):
+    """Turn a one-step rule ``step(run, x, t, t_next, **options) -> x_next`` into a sampler and register it.
+
+    ``check(**options) -> options`` validates (and normalises) the options once per call, before the first step;
+    ``deterministic`` (no noise injected at default options) and ``evals_per_step`` (score calls a step at default
+    options) are recorded on the sampler and make :data:`DETERMINISTIC` and :data:`EVALS_PER_STEP`.
+    """
+
+    def wrap(step):
+        def sampler(score: Score, x, times, *, sde=None, generator=None, noise=None, return_trajectory=False,
+                    final_denoise=False, **options):
+            run = _Run(score, x, times, sde, generator, noise, return_trajectory)
+            if check is not None:
+                options = check(**options)
+            with torch.no_grad():
+                for t, t_next in run.steps():
+                    run.record(step(run, run.x, t, t_next, **options))
+                if final_denoise:
+                    t_last = float(run.times[-1])
+                    run.record(run.sde.denoise(run.x, run.score(run.x, t_last), t_last))
+            return run.result()
+
+        sampler.__name__ = step.__name__.lstrip("_")
+        sampler.__qualname__ = sampler.__name__
+        sampler.__doc__ = step.__doc__
+        common = [p for p in inspect.signature(sampler).parameters.values() if p.kind != p.VAR_KEYWORD]
+        extra = list(inspect.signature(step).parameters.values())[4:]
+        sampler.__signature__ = inspect.Signature(common + [p.replace(kind=p.KEYWORD_ONLY) for p in extra])
+        sampler.deterministic, sampler.evals_per_step = deterministic, evals_per_step
+        _REGISTRY[sampler.__name__] = sampler
+        return sampler
+
+    return wrap if step is None else wrap(step)
 
 
 def _scalar(sde_fn, t) -> float:
@@ -244,7 +319,7 @@ def _pf_drift(run, x, t):
     return 0.5 * _scalar(run.sde.g, t) * (x + run.score(x, t))
 
 
-@_sampler
+@_sampler(deterministic=True)
 def _probability_flow_euler(run, x, t, t_next):
     r"""Euler steps on the probability-flow ODE :math:`\dot x = \tfrac12 g(t)(x + s(x, t))` (first order).
 
@@ -253,7 +328,7 @@ def _probability_flow_euler(run, x, t, t_next):
     return x + (t - t_next) * _pf_drift(run, x, t)
 
 
-@_sampler
+@_sampler(deterministic=True, evals_per_step=2)
 def _probability_flow_heun(run, x, t, t_next):
     r"""Heun's method (explicit trapezoid) on the probability-flow ODE: second order, two score calls a step.
 
@@ -290,7 +365,14 @@ def _ddpm(run, x, t, t_next):
     return (x + beta * run.score(x, t)) / math.sqrt(1 - beta) + math.sqrt(var) * run.draw(x)
 
 
-@_sampler
+def _check_ddim(eta: float = 0.0):
+    eta = float(eta)
+    if not 0 <= eta <= 1:
+        raise ValueError(f"the DDIM parameter eta must lie in [0, 1], got {eta}")
+    return {"eta": eta}
+
+
+@_sampler(check=_check_ddim, deterministic=True)
 def _ddim(run, x, t, t_next, eta: float = 0.0):
     r"""DDIM: predict :math:`\hat x_0` by Tweedie, then move to :math:`t'` along the predicted noise.
 
@@ -303,8 +385,6 @@ def _ddim(run, x, t, t_next, eta: float = 0.0):
     (default) is the deterministic DDIM, a first-order solver of the probability-flow ODE; ``eta = 1`` is DDPM.
     :cite:p:`song2021denoising`.
     """
-    if not 0 <= eta <= 1:
-        raise ValueError(f"the DDIM parameter eta must lie in [0, 1], got {eta}")
     ab, ab_next = _abar(run, t), _abar(run, t_next)
     s = run.score(x, t)
     x0 = (x + (1 - ab) * s) / math.sqrt(ab)
@@ -314,7 +394,14 @@ def _ddim(run, x, t, t_next, eta: float = 0.0):
     return out + sigma * run.draw(x) if sigma > 0 else out
 
 
-@_sampler
+def _check_pc(n_corrector: int = 1, snr: float = 0.16):
+    n_corrector = _checks.positive_int(n_corrector, "n_corrector", 0, floats=True)
+    if not snr > 0:
+        raise ValueError(f"snr must be positive, got {snr}")
+    return {"n_corrector": n_corrector, "snr": snr}
+
+
+@_sampler(check=_check_pc, evals_per_step=2)
 def _predictor_corrector(run, x, t, t_next, n_corrector: int = 1, snr: float = 0.16):
     r"""Predictor-corrector: an Euler-Maruyama reverse step, then Langevin corrector steps at the new time.
 
@@ -324,20 +411,22 @@ def _predictor_corrector(run, x, t, t_next, n_corrector: int = 1, snr: float = 0
     prior), chosen so that the step does not depend on x and the sampler stays linear on Gaussian data.
     Supporting material: not named in the review; :cite:t:`lee2022convergence` analyse such schemes.
     """
-    if isinstance(n_corrector, bool) or int(n_corrector) != n_corrector or n_corrector < 0:
-        raise ValueError(f"n_corrector must be a non-negative integer, got {n_corrector!r}")
-    if not snr > 0:
-        raise ValueError(f"snr must be positive, got {snr}")
     dt = t - t_next
     g = _scalar(run.sde.g, t)
     x = x + dt * g * (0.5 * x + run.score(x, t)) + math.sqrt(g * dt) * run.draw(x)
     eps = 2 * snr**2 * _scalar(run.sde.h, t_next)
-    for _ in range(int(n_corrector)):
+    for _ in range(n_corrector):
         x = x + eps * run.score(x, t_next) + math.sqrt(2 * eps) * run.draw(x)
     return x
 
 
-@_sampler
+def _check_dpm(order: int = 2, lower_order_final: bool = True):
+    if isinstance(order, bool) or order not in (1, 2):
+        raise ValueError(f"DPM-Solver++ supports order 1 or 2, got {order!r}")
+    return {"order": int(order), "lower_order_final": bool(lower_order_final)}
+
+
+@_sampler(check=_check_dpm, deterministic=True)
 def _dpm_solver_pp(run, x, t, t_next, order: int = 2, lower_order_final: bool = True):
     r"""DPM-Solver++ (2M): the multistep second-order solver of the probability-flow ODE in data prediction.
 
@@ -355,8 +444,6 @@ def _dpm_solver_pp(run, x, t, t_next, order: int = 2, lower_order_final: bool = 
     These are the choices of diffusers' ``DPMSolverMultistepScheduler`` (``algorithm_type="dpmsolver++"``,
     ``solver_type="midpoint"``).  :cite:p:`lu2022dpmsolverpp`.
     """
-    if order not in (1, 2):
-        raise ValueError(f"DPM-Solver++ supports order 1 or 2, got {order!r}")
     sde = run.sde
     a, a_next = _scalar(sde.alpha, t), _scalar(sde.alpha, t_next)
     s, s_next = math.sqrt(_scalar(sde.h, t)), math.sqrt(_scalar(sde.h, t_next))
@@ -457,7 +544,15 @@ def _multistep_plan(times, sde, order: int, corrector: bool, lower_order_final: 
              (sg[k + 1] / sg[k], terms[k])) for k in range(n_steps)]
 
 
-@_sampler
+def _check_multistep(order: int = 2, corrector: bool = True, lower_order_final: bool = True):
+    if isinstance(order, bool) or order not in (1, 2, 3):
+        raise ValueError(f"order must be 1, 2 or 3, got {order!r}")
+    if not isinstance(corrector, bool) or not isinstance(lower_order_final, bool):
+        raise TypeError("corrector and lower_order_final must be True or False")
+    return {"order": order, "corrector": corrector, "lower_order_final": lower_order_final}
+
+
+@_sampler(check=_check_multistep, deterministic=True)
 def _exponential_multistep(run, x, t, t_next, order: int = 2, corrector: bool = True, lower_order_final: bool = True):
     r"""Exponential Adams multistep solver of the probability-flow ODE, with an optional corrector (UniPC's idea).
 
@@ -547,11 +642,7 @@ def _exponential_multistep(run, x, t, t_next, order: int = 2, corrector: bool = 
         Cap the order by the number of remaining steps (default True).
     """
     mem = run.memory
-    if "plan" not in mem:  # first step: validate the options, precompute every weight of the grid
-        if isinstance(order, bool) or order not in (1, 2, 3):
-            raise ValueError(f"order must be 1, 2 or 3, got {order!r}")
-        if not isinstance(corrector, bool) or not isinstance(lower_order_final, bool):
-            raise TypeError("corrector and lower_order_final must be True or False")
+    if "plan" not in mem:  # first step: precompute every weight of the grid
         mem["plan"] = _multistep_plan(run.times, run.sde, order, corrector, lower_order_final)
         mem["slots"] = x.new_empty((order + 2, *x.shape)).unbind(0)  # x + h s at the last order + 2 nodes
     var, slot, corr, (ratio, terms) = mem["plan"][run.step_index]
@@ -583,20 +674,12 @@ predictor_corrector = _predictor_corrector
 dpm_solver_pp = _dpm_solver_pp
 exponential_multistep = _exponential_multistep
 
-#: Every sampler by name.
-SAMPLERS = {
-    "euler_maruyama": euler_maruyama,
-    "exponential_integrator": exponential_integrator,
-    "probability_flow_euler": probability_flow_euler,
-    "probability_flow_heun": probability_flow_heun,
-    "ddpm": ddpm,
-    "ddim": ddim,
-    "predictor_corrector": predictor_corrector,
-    "dpm_solver_pp": dpm_solver_pp,
-}
+#: Every sampler of this module by name, derived from the samplers themselves (tests/test_regressions.py checks that
+#: it lists every public sampler).
+SAMPLERS = dict(_REGISTRY)
 
 #: The samplers that inject no noise (with their default options).
-DETERMINISTIC = ("probability_flow_euler", "probability_flow_heun", "ddim", "dpm_solver_pp")
+DETERMINISTIC = tuple(name for name, sampler in SAMPLERS.items() if sampler.deterministic)
 
 #: Score evaluations per step of each sampler (at default options).
-EVALS_PER_STEP = {name: 1 for name in SAMPLERS} | {"probability_flow_heun": 2, "predictor_corrector": 2}
+EVALS_PER_STEP = {name: sampler.evals_per_step for name, sampler in SAMPLERS.items()}

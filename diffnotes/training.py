@@ -33,6 +33,8 @@ import torch
 from torch import nn
 from tqdm.std import tqdm
 
+from . import _checks
+
 __all__ = ["TrainResult", "train", "ema_update", "DistributedContext", "init_distributed", "dsm_draws",
            "rank_slice", "main"]
 
@@ -53,12 +55,6 @@ class TrainResult:
     def __iter__(self):
         """Unpack as ``losses, model, ema_model``."""
         return iter((self.losses, self.model, self.ema_model))
-
-
-def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    return int(value)
 
 
 def _as_batches(data) -> tuple[torch.Tensor, ...]:
@@ -210,9 +206,10 @@ def rank_slice(batch_size: int, world_size: int, rank: int) -> slice:
     rank : int
         This process, 0 <= rank < W.
     """
-    batch_size = _positive_int("batch_size", batch_size)
-    world_size = _positive_int("world_size", world_size)
-    if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) or not 0 <= rank < world_size:
+    batch_size = _checks.positive_int(batch_size, "batch_size")
+    world_size = _checks.positive_int(world_size, "world_size")
+    rank = _checks.positive_int(rank, "rank", 0)
+    if rank >= world_size:
         raise ValueError(f"rank must be an integer in [0, {world_size}), got {rank!r}")
     if batch_size < world_size:
         raise ValueError(f"the global batch_size ({batch_size}) must be at least the number of processes "
@@ -373,9 +370,10 @@ def train(model: nn.Module, loss_fn: Callable, data, *, steps: int, batch_size: 
         Minibatch size, >= 1; on several processes the *global* batch size, at least the number of processes.
     lr : float
         Adam learning rate, > 0.
-    generator : torch.Generator, optional
-        Source of the minibatch indices and of the loss's randomness (a CPU generator works for any device).
-        Required on several processes, seeded identically on every rank.
+    generator : None, int, torch.Generator or numpy.random.Generator
+        Source of the minibatch indices and of the loss's randomness (a CPU generator works for any device; an int
+        seed or a numpy generator is turned into one by ``diffnotes._checks.generator``).  Required on several
+        processes, seeded identically on every rank.
     ema : float, optional
         EMA decay d in (0, 1), e.g. 0.99; None for no EMA.
     progress : bool
@@ -414,8 +412,8 @@ def train(model: nn.Module, loss_fn: Callable, data, *, steps: int, batch_size: 
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not callable(loss_fn):
         raise TypeError("loss_fn must be a callable loss_fn(model, *batch, generator=...)")
-    steps = _positive_int("steps", steps)
-    batch_size = _positive_int("batch_size", batch_size)
+    steps = _checks.positive_int(steps, "steps")
+    batch_size = _checks.positive_int(batch_size, "batch_size")
     lr = float(lr)
     if not (math.isfinite(lr) and lr > 0):
         raise ValueError(f"lr must be a positive finite number, got {lr}")
@@ -431,8 +429,7 @@ def train(model: nn.Module, loss_fn: Callable, data, *, steps: int, batch_size: 
         raise TypeError(f"draws must be a callable draws(batch, generator) -> dict, 'none' or None, got {draws!r}")
     if distributed is not None and not isinstance(distributed, bool):
         raise TypeError(f"distributed must be True, False or None, got {distributed!r}")
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    generator = _checks.generator(generator)  # None, an int seed, a torch or a numpy generator
     data = _as_batches(data)
     if distributed is None:
         dist = torch.distributed
@@ -633,7 +630,7 @@ def main(argv=None) -> TrainResult:
         target = GaussianMixture([0.3, 0.3, 0.4], [[-2.0, 0.0], [2.0, 0.0], [0.0, 2.0]], [0.3, 0.3, 0.2], sde)
         x, _ = mixture_data(target, args.n, torch.Generator().manual_seed(args.seed))
     else:
-        x = (two_moons if args.data == "two_moons" else swiss_roll)(args.n, seed=args.seed)
+        x = (two_moons if args.data == "two_moons" else swiss_roll)(args.n, generator=args.seed)
     torch.manual_seed(args.seed)
     model = as_score(ScoreMLP(2, hidden=args.hidden, depth=args.depth), "eps", sde).to(dtype)
     distributed = _launched_by_torchrun() or (torch.distributed.is_available() and torch.distributed.is_initialized())

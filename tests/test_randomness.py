@@ -119,3 +119,19 @@ def test_the_data_sets_take_the_one_convention(make):
     assert torch.equal(make(8, generator=np.random.default_rng(2)), make(8, generator=np.random.default_rng(2)))
     with pytest.raises(TypeError, match="generator"):
         make(8, generator="seed")
+
+
+def test_train_takes_the_one_convention():
+    from diffnotes.networks import ScoreMLP
+    from diffnotes.training import train
+
+    def run(gen):
+        model = ScoreMLP(2, hidden=8, depth=1, generator=0).double()
+        loss = functools.partial(dsm_loss, sde=SDE)
+        return train(model, lambda m, xb, generator=None: loss(m, xb, generator=generator), X0, steps=3,
+                     batch_size=4, progress=False, generator=gen).losses
+
+    assert np.array_equal(run(2), run(torch.Generator().manual_seed(2)))
+    assert np.array_equal(run(np.random.default_rng(1)), run(np.random.default_rng(1)))
+    with pytest.raises(TypeError, match="generator"):
+        run("seed")

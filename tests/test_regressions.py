@@ -11,14 +11,16 @@ import math
 import pytest
 import torch
 
+from diffnotes import samplers
 from diffnotes.estimators import ConditionalKernelScore, KernelScore
 from diffnotes.networks import SinusoidalEmbedding
 from diffnotes.samplers import (
+    DETERMINISTIC,
+    EVALS_PER_STEP,
     SAMPLERS,
     ddim,
     dpm_solver_pp,
     euler_maruyama,
-    exponential_multistep,
     predictor_corrector,
     time_grid,
 )
@@ -197,16 +199,13 @@ class _RowNoise:
         return out
 
 
-SAMPLER_OPTIONS = {name: {} for name in SAMPLERS} | {"exponential_multistep": {}}
-
-
-@pytest.mark.parametrize("name", sorted(SAMPLER_OPTIONS))
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
 def test_a_row_of_the_output_does_not_depend_on_the_batch(name):
     # The property: a sampler treats rows independently.  Given the same start rows and the same per-row noise (the
     # noise hook returns, at its k-th call, the first n rows of one fixed table), the first k rows of a batch of n
     # equal the output for those k rows alone, to the last bit.  (With generator= the draws of a batch come from one
     # stream in row-major order, so a row's noise does depend on the batch size: use noise= for this property.)
-    sampler = SAMPLERS.get(name, exponential_multistep)
+    sampler = SAMPLERS[name]
     sde = LinearVP()
     target = _mixture(sde)
     times = time_grid(sde, 1e-3, 6, "logsnr")
@@ -230,3 +229,33 @@ def test_the_noise_hook_is_what_a_generator_draws():
                        noise=lambda like: torch.randn(like.shape, generator=replay, dtype=like.dtype))
     assert torch.equal(a, b)
 
+
+# -- the registry of samplers ----------------------------------------------------------------------------------------
+def test_the_registry_lists_every_public_sampler():
+    # A public sampler is a public function of diffnotes.samplers called as sampler(score, x, times, ...).
+    import inspect
+
+    public = {name for name in samplers.__all__ if callable(getattr(samplers, name))
+              and list(inspect.signature(getattr(samplers, name)).parameters)[:3] == ["score", "x", "times"]}
+    assert public == set(SAMPLERS)
+    assert "exponential_multistep" in SAMPLERS  # the one the hand-written registry omitted
+    assert set(EVALS_PER_STEP) == set(SAMPLERS) and set(DETERMINISTIC) <= set(SAMPLERS)
+    assert EVALS_PER_STEP["probability_flow_heun"] == EVALS_PER_STEP["predictor_corrector"] == 2
+    assert set(DETERMINISTIC) == {"probability_flow_euler", "probability_flow_heun", "ddim", "dpm_solver_pp",
+                                  "exponential_multistep"}
+
+
+@pytest.mark.parametrize(("name", "options"), [
+    ("ddim", {"eta": 2.0}), ("predictor_corrector", {"snr": -1.0}), ("predictor_corrector", {"n_corrector": -1}),
+    ("dpm_solver_pp", {"order": 3}), ("exponential_multistep", {"order": 4}),
+])
+def test_options_are_checked_once_before_the_first_score_call(name, options):
+    calls = []
+
+    def score(x, t):
+        calls.append(1)
+        return -x
+
+    with pytest.raises(ValueError):
+        SAMPLERS[name](score, (3, 2), time_grid(LinearVP(), 1e-3, 4), sde=LinearVP(), generator=0, **options)
+    assert not calls
