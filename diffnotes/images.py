@@ -43,7 +43,11 @@ the chapter's budget, about 11 s of CPU on one thread for training (batch 128, A
 
 At this size the convolutions' inductive bias does not pay for their cost on a CPU (the chapter prints the
 per-step costs of both), so the chapter trains the MLP; the U-Net is here, tested, for a larger budget or an
-accelerator.
+accelerator.  With the chapter's horizon T = 5 the MLP's 1000 steps give 100 % recognition at strength 1 and a
+Frechet distance 1.6 times its floor; the per-class Gaussian baseline of the chapter scores 97 % and 1.3 times.
+Four times the training (4000 steps, about 37 s of CPU, outside the chapter's budget) overtakes it: 99 % and 1.0
+times the floor at strength 0.5, 100 % and 1.45 times at strength 1 (measured with random, not class-balanced,
+halves of the test split).
 """
 
 from __future__ import annotations
@@ -644,16 +648,18 @@ class FrechetResult:
         return (f"Frechet distance {self.distance:.3g} (n = {self.n}), {self.floor}, ratio {self.ratio:.2f}")
 
 
-def frechet_with_floor(features, reference, *, repeats: int = 10, generator=None) -> FrechetResult:
+def frechet_with_floor(features, reference, *, labels=None, repeats: int = 10, generator=None) -> FrechetResult:
     r"""The Frechet distance of sample features to real features, and its floor between two halves of the real data.
 
     The Frechet distance of Gaussian fits is biased upwards by the sampling error of the fitted means and
     covariances, by an amount that grows with the feature dimension and shrinks with the sample size, so a
-    value means nothing alone.  At each repeat the real features are split at random into two halves A and B of
-    :math:`m = \lfloor n_{\rm ref}/2\rfloor` rows; the **floor** is :math:`d^2(A, B)`, what two samples of the real
-    law score, and the samples' distance is :math:`d^2(S, B)` with S a random m of the sample features (all of
-    them when there are m), paired with the same B.  A generator is as good as this measure can tell when its
-    distance is within the floor's spread.  Book chapter *Images*; :cite:p:`heusel2017gans`.
+    value means nothing alone.  At each repeat the real features are split at random into two disjoint halves A and
+    B of m rows (:math:`m = \lfloor n_{\rm ref}/2\rfloor`; with ``labels``, half of each class, rounded down, so that
+    both halves hold the classes in the same numbers, as class-conditional samples drawn in proportion do); the
+    **floor** is :math:`d^2(A, B)`, what two samples of the real law score, and the samples' distance is
+    :math:`d^2(S, B)` with S a random m of the sample features (all of them when there are m), paired with the
+    same B.  A generator is as good as this measure can tell when its distance is within the floor's spread.  Book
+    chapter *Images*; :cite:p:`heusel2017gans`.
 
     Parameters
     ----------
@@ -661,6 +667,8 @@ def frechet_with_floor(features, reference, *, repeats: int = 10, generator=None
         Features of the samples (n, d), n >= m.
     reference : array_like
         Features of real held-out data (n_ref, d), n_ref >= 4.
+    labels : array_like, optional
+        Classes of the reference rows (n_ref,), to split every class in two halves.
     repeats : int
         Number of random halvings, >= 2.
     generator : int, numpy.random.Generator, torch.Generator or None
@@ -671,15 +679,26 @@ def frechet_with_floor(features, reference, *, repeats: int = 10, generator=None
     if f.shape[1] != r.shape[1]:
         raise ValueError(f"features and reference must have the same dimension, got {f.shape[1]} and {r.shape[1]}")
     repeats = _checks.positive_int(repeats, "repeats", 2)
-    m = r.shape[0] // 2
+    if labels is None:
+        groups = [np.arange(r.shape[0])]
+    else:
+        lab = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels)
+        if lab.shape != (r.shape[0],) or lab.dtype.kind not in "iu":
+            raise ValueError(f"labels must hold one integer class per reference row (shape ({r.shape[0]},)), got "
+                             f"dtype {lab.dtype} and shape {lab.shape}")
+        groups = [np.flatnonzero(lab == c) for c in np.unique(lab)]
+    m = sum(g.size // 2 for g in groups)
+    if m < 2:
+        raise ValueError("the halves of the reference need at least 2 rows each")
     if f.shape[0] < m:
         raise ValueError(f"features has {f.shape[0]} rows; the comparison with halves of the reference needs at least "
                          f"{m} (half of {r.shape[0]})")
     rng = _numpy_rng(generator)
     floors, values = [], []
     for _ in range(repeats):
-        perm = rng.permutation(r.shape[0])
-        a, b = r[perm[:m]], r[perm[m:2 * m]]
+        parts = [rng.permutation(g) for g in groups]
+        a = r[np.concatenate([p[:p.size // 2] for p in parts])]
+        b = r[np.concatenate([p[p.size // 2:2 * (p.size // 2)] for p in parts])]
         s = f if f.shape[0] == m else f[rng.choice(f.shape[0], m, replace=False)]
         floors.append(feature_frechet_distance(a, b))
         values.append(feature_frechet_distance(s, b))

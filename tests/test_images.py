@@ -196,6 +196,20 @@ def test_frechet_floor_and_ratio():
     assert again.values == res.values
 
 
+def test_frechet_floor_split_by_class():
+    """With labels every class is halved: features that only encode the class then have a floor of 0."""
+    rng = np.random.default_rng(3)
+    labels = np.repeat(np.arange(4), [20, 30, 24, 26])
+    onehot = np.eye(4)[labels] * 10.0
+    ref = onehot + 1e-3 * rng.standard_normal(onehot.shape)
+    res = im.frechet_with_floor(ref, ref, labels=labels, repeats=5, generator=0)
+    assert res.n == 50 and res.floor.mean < 1e-3
+    random_halves = im.frechet_with_floor(ref, ref, repeats=5, generator=0)
+    assert random_halves.floor.mean > 100 * res.floor.mean  # unequal class counts in random halves move the means
+    with pytest.raises(ValueError, match="one integer class per reference row"):
+        im.frechet_with_floor(ref, ref, labels=labels[:-1])
+
+
 # -- memorisation --------------------------------------------------------------------------------------------------
 def test_memorisation_check_tells_copies_from_fresh_data(split):
     x = torch.cat([split.x_train, split.x_test])
