@@ -31,8 +31,9 @@ convolutional :class:`~diffnotes.networks.UNet` with a learned class embedding a
 (:class:`ConditionalUNet`, the usual way class labels enter a diffusion U-Net :cite:p:`dhariwal2021diffusion`), and
 ``"mlp"``, the package's :class:`~diffnotes.networks.ConditionalScoreMLP` on the 64 pixels.  They were compared at
 the chapter's budget, about 11 s of CPU on one thread for training (batch 128, Adam with learning rate 4e-3, EMA
-0.99, label dropout 0.1; then 180 samples per strength by DDIM with 25 steps, scored by the classifier of
-:func:`train_digit_classifier` with its defaults; measured on this project's shared 2-core machine):
+0.99, label dropout 0.1, the default forward process :class:`~diffnotes.sde.ConstantVP` with T = 10; then 180
+samples per strength by DDIM with 25 steps, scored by the classifier of :func:`train_digit_classifier` with its
+defaults; measured on this project's shared 2-core machine):
 
 * U-Net, channels (16,), 27k weights: about 47 ms per step, 225 steps; at guidance strength 1 the classifier
   recognised 64 % of the class-conditional samples, Frechet distance 4.8 times its floor;
@@ -43,11 +44,12 @@ the chapter's budget, about 11 s of CPU on one thread for training (batch 128, A
 
 At this size the convolutions' inductive bias does not pay for their cost on a CPU (the chapter prints the
 per-step costs of both), so the chapter trains the MLP; the U-Net is here, tested, for a larger budget or an
-accelerator.  With the chapter's horizon T = 5 the MLP's 1000 steps give 100 % recognition at strength 1 and a
-Frechet distance 1.6 times its floor; the per-class Gaussian baseline of the chapter scores 97 % and 1.3 times.
-Four times the training (4000 steps, about 37 s of CPU, outside the chapter's budget) overtakes it: 99 % and 1.0
-times the floor at strength 0.5, 100 % and 1.45 times at strength 1 (measured with random, not class-balanced,
-halves of the test split).
+accelerator.  The numbers above used random halves of the test split for the floor; with halves balanced by class
+(``labels=``, as the chapter does, which halves the floor) and the chapter's horizon T = 5, the MLP's 1000 steps
+give 97 % recognition and 2.6 times the floor at strength 0.5 (100 % and 3.2 times at strength 1), level with the
+chapter's per-class Gaussian baseline (97 %, 2.5 times).  More training passes it: 2000 steps (about 20 s of CPU)
+give 99 % and 2.2 times at strength 0.5, 4000 steps (about 32 s) 100 % and 2.35 times at 0.5 and 2.15 times at 1;
+both are outside the chapter's budget.
 """
 
 from __future__ import annotations
