@@ -39,7 +39,8 @@ from torch import nn
 from . import _checks
 from .networks import SinusoidalEmbedding
 
-__all__ = ["SAMPLE_RATE", "make_waveforms", "DilatedConvScore", "power_spectrum", "peak_frequencies",
+__all__ = ["SAMPLE_RATE", "make_waveforms", "DilatedConvScore", "log_time_dsm_loss", "power_spectrum",
+           "peak_frequencies",
            "spectral_concentration", "log_spectral_distance", "peak_frequency_distance", "spectrogram"]
 
 #: The sampling rate of the book's waveforms, in Hz.
@@ -230,6 +231,44 @@ class DilatedConvScore(nn.Module):
     def extra_repr(self) -> str:
         return (f"length={self.length}, channels={self.channels}, n_layers={self.n_layers}, "
                 f"receptive_field={self.receptive_field}")
+
+
+def log_time_dsm_loss(model, x0: torch.Tensor, t0: float = 1e-3, T: float | None = None, *, sde=None,
+                      generator=None) -> torch.Tensor:
+    r"""Denoising score matching with the times drawn log-uniformly on :math:`[t_0, T]` (low noise emphasised).
+
+    :func:`~diffnotes.losses.dsm_loss` (noise-prediction weighting :math:`w = h`) evaluated at
+    :math:`\log t \sim \mathsf U[\log t_0, \log T]`.  The time law changes only the weighting of the objective over
+    t, not its minimiser (the true score at every t); it spends the training on the small noise levels where a
+    waveform's fine structure is decided, as DiffWave's schedule of small :math:`\beta` does
+    :cite:p:`kong2021diffwave`.  With uniform times most of the budget goes to large t, where the optimal denoiser is
+    nearly the linear (Gaussian) one.  Book chapter: *Audio*.
+
+    Parameters
+    ----------
+    model : callable
+        The score ``s(x, t)`` being fitted.
+    x0 : torch.Tensor
+        Waveforms (n, L).
+    t0, T : float
+        The time range (T defaults to the horizon of ``sde``).
+    sde : VPSDE, optional
+        The forward process (default :class:`~diffnotes.sde.ConstantVP`).
+    generator : torch.Generator, optional
+        Source of the times and the noise.
+    """
+    from .losses import dsm_loss
+
+    sde = _checks.sde_or_default(sde)
+    T = sde.T if T is None else float(T)
+    t0 = float(t0)
+    if not 0 < t0 < T <= sde.T:
+        raise ValueError(f"need 0 < t0 < T <= {sde.T:g}, got t0 = {t0:g}, T = {T:g}")
+    x0 = _checks.sample(x0)
+    gen = _checks.generator(generator)
+    u = torch.rand(x0.shape[0], generator=gen, dtype=torch.float64)
+    t = torch.exp(math.log(t0) + (math.log(T) - math.log(t0)) * u).to(x0.dtype)
+    return dsm_loss(model, x0, t0, T, sde=sde, generator=gen, t=t)
 
 
 # -- spectral measures -------------------------------------------------------------------

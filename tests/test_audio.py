@@ -126,3 +126,30 @@ def test_bad_inputs():
         audio.peak_frequencies(np.ones((2, 64)), sample_rate=-1)
     with pytest.raises(ValueError, match="one waveform"):
         audio.spectrogram(np.ones((2, 64)))
+
+
+def test_log_time_dsm_loss_draws_log_uniform_times_and_is_dsm():
+    from diffnotes.losses import dsm_loss
+
+    sde = ConstantVP(T=5.0)
+    seen = []
+
+    def model(x, t):
+        seen.append(t.clone())
+        return -x
+
+    x0 = audio.make_waveforms(4000, 16, generator=0)
+    loss = audio.log_time_dsm_loss(model, x0, 1e-3, sde=sde, generator=torch.Generator().manual_seed(7))
+    t = seen[0]
+    assert float(t.min()) >= 1e-3 and float(t.max()) <= 5.0
+    # log t uniform on [log 1e-3, log 5]: its mean is the midpoint, standard error 8.5 / sqrt(12 * 4000) ~ 0.04
+    mid = 0.5 * (math.log(1e-3) + math.log(5.0))
+    assert abs(float(torch.log(t).mean()) - mid) < 5 * (math.log(5.0) - math.log(1e-3)) / math.sqrt(12 * 4000)
+    # the same draws handed to dsm_loss give the same number
+    gen = torch.Generator().manual_seed(7)
+    u = torch.rand(4000, generator=gen, dtype=torch.float64)
+    t_ref = torch.exp(math.log(1e-3) + (math.log(5.0) - math.log(1e-3)) * u)
+    ref = dsm_loss(model, x0, 1e-3, 5.0, sde=sde, generator=gen, t=t_ref)
+    assert torch.allclose(loss, ref)
+    with pytest.raises(ValueError, match="t0"):
+        audio.log_time_dsm_loss(model, x0, 10.0, sde=sde)
