@@ -287,14 +287,17 @@ def generator(gen, device=None) -> torch.Generator | None:
     """
     if gen is None or isinstance(gen, torch.Generator):
         return gen
-    if isinstance(gen, bool):
-        raise TypeError("generator must be None, an int seed, a torch.Generator or a numpy Generator; got a bool")
-    if isinstance(gen, (int, np.integer)):
-        if gen < 0:
-            raise ValueError(f"a seed must be non-negative, got {gen}")
-        return torch.Generator(device=device or "cpu").manual_seed(int(gen))
     if isinstance(gen, np.random.Generator):
         return torch.Generator(device=device or "cpu").manual_seed(int(gen.integers(0, 2**63 - 1)))
+    return torch.Generator(device=device or "cpu").manual_seed(_seed(gen))
+
+
+def _seed(gen) -> int:
+    """A non-negative int seed, or the one TypeError of both generator normalisers for anything else."""
+    if isinstance(gen, (int, np.integer)) and not isinstance(gen, bool):
+        if gen < 0:
+            raise ValueError(f"a seed must be non-negative, got {gen}")
+        return int(gen)
     raise TypeError(f"generator must be None, an int seed, a torch.Generator or a numpy Generator; got "
                     f"{type(gen).__name__}")
 
@@ -315,16 +318,9 @@ def numpy_generator(gen) -> np.random.Generator:
         return np.random.default_rng()
     if isinstance(gen, np.random.Generator):
         return gen
-    if isinstance(gen, bool):
-        raise TypeError("generator must be None, an int seed, a torch.Generator or a numpy Generator; got a bool")
-    if isinstance(gen, (int, np.integer)):
-        if gen < 0:
-            raise ValueError(f"a seed must be non-negative, got {gen}")
-        return np.random.default_rng(int(gen))
     if isinstance(gen, torch.Generator):
         return np.random.default_rng(int(torch.randint(0, 2**62, (), generator=gen)))
-    raise TypeError(f"generator must be None, an int seed, a torch.Generator or a numpy Generator; got "
-                    f"{type(gen).__name__}")
+    return np.random.default_rng(_seed(gen))
 
 
 #: Default of a deprecated keyword: tells "not passed" from None.

@@ -58,7 +58,7 @@ import torch
 
 from . import _checks
 from .sde import VPSDE, as_time
-from .spins import MAX_ENUMERATION, SpinModel
+from .spins import MAX_ENUMERATION, SpinModel, tap_mean_field
 
 __all__ = ["IsingModel", "MessagePassingResNet", "CORRECTIONS", "MAX_SPINS", "random_couplings"]
 
@@ -241,15 +241,7 @@ class IsingModel(SpinModel):
         y = self._check_field(y)
         if isinstance(max_iter, bool) or int(max_iter) != max_iter or max_iter < 1:
             raise ValueError(f"max_iter must be a positive integer, got {max_iter!r}")
-        kind = "tap" if tap else "naive"
-        m = torch.zeros_like(y)
-        for _ in range(int(max_iter)):
-            new = torch.tanh(m @ self.J - self.correction(kind, m) * m + y)
-            done = float((new - m).abs().max()) <= tol
-            m = new
-            if done:
-                break
-        return m
+        return tap_mean_field(self.J, y, tap=tap, max_iter=int(max_iter), tol=tol)  # the package's one TAP iteration
 
     def __repr__(self):
         return f"IsingModel(D={self.N}, ||A||_op={float(torch.linalg.matrix_norm(self.A, ord=2)):.3g})"
@@ -278,6 +270,7 @@ class MessagePassingResNet(torch.nn.Module):
 
     def __init__(self, D: int, n_layers: int, sde: VPSDE | None = None, generator: torch.Generator | None = None):
         super().__init__()
+        generator = _checks.generator(generator)
         _checks.sizes(D=D, n_layers=n_layers)
         self.D, self.n_layers = int(D), int(n_layers)
         self.sde = _checks.sde_or_default(sde)

@@ -43,7 +43,8 @@ import torch
 from . import _checks
 from .sde import VPSDE
 
-__all__ = ["MAX_ENUMERATION", "all_configurations", "SpinModel", "CurieWeiss", "SherringtonKirkpatrick"]
+__all__ = ["MAX_ENUMERATION", "all_configurations", "tap_mean_field", "SpinModel", "CurieWeiss",
+           "SherringtonKirkpatrick"]
 
 #: Largest N for which configurations are enumerated (2^16 = 65 536 states).
 MAX_ENUMERATION = 16
@@ -272,6 +273,55 @@ def _iterate(update, init, damping, max_iter, tol):
     return m
 
 
+def tap_mean_field(J, y, *, tap: bool = True, beta: float = 1.0, field: float = 0.0, init=None, damping: float = 1.0,
+                   max_iter: int = 500, tol: float = 1e-10) -> torch.Tensor:
+    r"""The TAP (or naive mean-field) magnetisations of a pairwise spin model in the external fields y, the one TAP
+    iteration of the package (:meth:`SherringtonKirkpatrick.mean_field`, :meth:`diffnotes.ising.IsingModel.mean_field`).
+
+    The fixed point of
+
+    .. math:: m_i = \tanh\Big(\beta (Jm)_i + \beta B + y_i - \beta^2 m_i \sum_j J_{ij}^2 (1 - m_j^2)\Big)
+
+    (the last, Onsager reaction term only with ``tap=True``; without it, naive mean field), by the damped iteration
+    :math:`m \leftarrow (1 - d)\,m + d\,\tanh(\cdot)` from ``init`` (default 0) until successive iterates differ by
+    at most ``tol``, at most ``max_iter`` times (:cite:p:`mei2023deep,elalaoui2022sampling`).
+
+    Parameters
+    ----------
+    J : torch.Tensor
+        The symmetric couplings (N, N).
+    y : torch.Tensor
+        External fields, one row per problem (n, N).
+    tap : bool
+        Include the Onsager term.
+    beta, field : float
+        Inverse temperature and uniform field B.
+    init : torch.Tensor, optional
+        Start (n, N) or (N,), in [-1, 1].
+    damping : float
+        d in (0, 1]; 1 is the plain iteration.
+    max_iter : int
+        Most iterations.
+    tol : float
+        Stop when the largest change is at most this.
+    """
+    if init is None:
+        m0 = torch.zeros_like(y)
+    else:
+        m0 = torch.as_tensor(init, dtype=torch.float64).expand_as(y).clone()
+        if not torch.all(torch.abs(m0) <= 1):
+            raise ValueError("init magnetisations must lie in [-1, 1]")
+    b, J2 = beta, J**2
+
+    def update(m):
+        local = b * m @ J + b * field + y
+        if tap:
+            local = local - b**2 * m * ((1 - m**2) @ J2)
+        return torch.tanh(local)
+
+    return _iterate(update, m0, damping, max_iter, tol)
+
+
 class CurieWeiss(SpinModel):
     r"""The Curie-Weiss model and its p-spin generalisation: :math:`H(\sigma) = -N\,m^p/p - B N m`,
     :math:`m = \frac1N\sum_i\sigma_i`.
@@ -436,6 +486,7 @@ class SherringtonKirkpatrick(SpinModel):
     def __init__(self, N: int, beta: float, couplings=None, field: float = 0.0,
                  generator: torch.Generator | None = None):
         super().__init__(N, beta)
+        generator = _checks.generator(generator)
         self.field = _real("field", field)
         if couplings is None:
             g = torch.randn(self.N, self.N, generator=generator, dtype=torch.float64)
@@ -463,22 +514,8 @@ class SherringtonKirkpatrick(SpinModel):
 
         by damped iteration from ``init`` (default 0, the uninformed start).  Returns (n, N).
         """
-        y = self._check_field(y)
-        if init is None:
-            m0 = torch.zeros_like(y)
-        else:
-            m0 = torch.as_tensor(init, dtype=torch.float64).expand_as(y).clone()
-            if not torch.all(torch.abs(m0) <= 1):
-                raise ValueError("init magnetisations must lie in [-1, 1]")
-        b, J, J2 = self.beta, self.J, self.J**2
-
-        def update(m):
-            local = b * m @ J + b * self.field + y
-            if tap:
-                local = local - b**2 * m * ((1 - m**2) @ J2)
-            return torch.tanh(local)
-
-        return _iterate(update, m0, damping, max_iter, tol)
+        return tap_mean_field(self.J, self._check_field(y), tap=tap, beta=self.beta, field=self.field, init=init,
+                              damping=damping, max_iter=max_iter, tol=tol)
 
     def __repr__(self):
         return f"SherringtonKirkpatrick(N={self.N}, beta={self.beta:g}, field={self.field:g})"

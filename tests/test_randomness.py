@@ -12,13 +12,13 @@ import torch
 
 from diffnotes import _checks, data, metrics
 from diffnotes.acceleration import flow_euler
-from diffnotes.ising import random_couplings
+from diffnotes.ising import MessagePassingResNet, random_couplings
 from diffnotes.losses import dsm_loss, sample_times
 from diffnotes.manifold import Circle
 from diffnotes.rates import loglog_slope
 from diffnotes.samplers import SAMPLERS, time_grid
 from diffnotes.sde import ConstantVP
-from diffnotes.spins import CurieWeiss
+from diffnotes.spins import CurieWeiss, SherringtonKirkpatrick
 from diffnotes.targets import GaussianMixture, orthonormal_basis
 
 SDE = ConstantVP(T=5.0)
@@ -41,6 +41,8 @@ TORCH_DRAWS = {
     "dsm_loss": lambda g: dsm_loss(MIX.score, X0, sde=SDE, generator=g),
     "mixture_data": lambda g: data.mixture_data(MIX, 8, generator=g)[0],
     "flow_euler": lambda g: flow_euler(lambda x, s: -x, (4, 2), generator=g),
+    "SherringtonKirkpatrick": lambda g: SherringtonKirkpatrick(4, 0.5, generator=g).J,
+    "MessagePassingResNet": lambda g: MessagePassingResNet(3, 2, generator=g).W2.detach(),
 } | {f"samplers.{name}": functools.partial(lambda g, sampler: sampler(MIX.score, (6, 2), TIMES, sde=SDE,
                                                                       generator=g), sampler=sampler)
      for name, sampler in SAMPLERS.items()}

@@ -259,3 +259,33 @@ def test_options_are_checked_once_before_the_first_score_call(name, options):
     with pytest.raises(ValueError):
         SAMPLERS[name](score, (3, 2), time_grid(LinearVP(), 1e-3, 4), sde=LinearVP(), generator=0, **options)
     assert not calls
+
+
+# -- module names and re-exports (issue 20) ------------------------------------------------------------------------
+def test_renamed_modules_keep_their_old_import_paths():
+    from diffnotes import gmm_learning, losses, networks, optimization, parameterization
+
+    for name in optimization.__all__:
+        assert getattr(gmm_learning, name) is getattr(optimization, name)
+    assert gmm_learning.dsm_loss is optimization.mixture_dsm_loss  # the former name, distinct from losses.dsm_loss
+    assert gmm_learning.dsm_loss is not losses.dsm_loss
+    for name in parameterization.__all__:
+        assert getattr(networks, name) is getattr(parameterization, name) and name in networks.__all__
+
+
+def test_one_tap_iteration_serves_the_ising_and_sk_models():
+    # IsingModel.mean_field and SherringtonKirkpatrick.mean_field are the same iteration (spins.tap_mean_field); at its
+    # fixed point the TAP equations hold: m = tanh(J m + y - m (J*J)(1 - m^2)).
+    from diffnotes.ising import IsingModel, random_couplings
+    from diffnotes.spins import SherringtonKirkpatrick, tap_mean_field
+
+    model = IsingModel(random_couplings(5, 0.2, generator=0), ConstantVP())
+    y = torch.randn(4, 5, dtype=torch.float64, generator=_gen(15))
+    m = model.mean_field(y, tap=True)
+    J = model.J
+    assert torch.allclose(m, torch.tanh(m @ J + y - m * ((1 - m**2) @ J**2)), atol=1e-12, rtol=0)
+    assert torch.equal(m, tap_mean_field(J, y, tap=True, max_iter=1000, tol=1e-13))
+    sk = SherringtonKirkpatrick(6, 0.5, generator=1)
+    ys = torch.randn(3, 6, dtype=torch.float64, generator=_gen(16))
+    assert torch.equal(sk.mean_field(ys, tap=True),
+                       tap_mean_field(sk.J, ys, tap=True, beta=sk.beta, field=sk.field, damping=0.5))
