@@ -82,7 +82,7 @@ def test_exact_ratios_against_brute_force(make):
 def test_reverse_rates_against_brute_force_time_reversal(make):
     """The reverse chain's rates are the derivative of its transition law, computed by Bayes' rule."""
     pr = make()
-    ex = D.ExactRatios(pr, P_DATA[2] if pr.n_data ** pr.L == 8 else RNG.dirichlet(np.ones(pr.n_data ** pr.L)))
+    ex = D.ExactRatios(pr, np.random.default_rng(5).dirichlet(np.ones(pr.n_data ** pr.L)))
     Qfull = pr.generator_matrix().numpy()
     t = 0.6
     pt = ex.law(t).numpy()
@@ -377,3 +377,17 @@ def test_chi_square_pvalue_rejects_a_wrong_law():
     assert D.chi_square_pvalue(x, law, pr) > 1e-3
     assert D.chi_square_pvalue(x, torch.full((4,), 0.25, dtype=torch.float64), pr) < 1e-10
     assert D.chi_square_pvalue(x, torch.tensor([0.5, 0.5, 0.0, 0.0], dtype=torch.float64), pr) == 0.0
+
+
+def test_uniformization_with_a_given_rate_bound_for_a_custom_kernel():
+    pr = custom()  # S = 3, L = 2, no closed-form bound
+    ex = D.ExactRatios(pr, np.random.default_rng(6).dirichlet(np.ones(9)))
+    T, delta = 2.0, 0.05
+    with pytest.raises(ValueError, match="rate_bound"):
+        D.uniformization(ex, pr.sample_law(ex.law(T), 10, generator=0), D.time_grid(T, delta, 2), process=pr)
+    # the largest exit rate of one position over all states, on a fine time grid, doubled: a valid bound here
+    states, fine = pr.states(), torch.linspace(delta, T, 200, dtype=torch.float64)
+    top = max(float(D.reverse_rates(ex, states, float(t), pr).sum(2).max()) for t in fine)
+    x = D.uniformization(ex, pr.sample_law(ex.law(T), 4000, generator=1), D.time_grid(T, delta, 4),
+                         process=pr, generator=2, rate_bound=lambda t: 2 * top)
+    assert D.chi_square_pvalue(x, ex.law(delta), pr) > 1e-3
