@@ -72,7 +72,7 @@ def standardize(x: np.ndarray, how: str | None = "isotropic") -> np.ndarray:
 
 
 def two_moons(n: int, noise: float = 0.05, generator=None, *, standardize: str | None = "isotropic",
-              return_labels: bool = False, seed=_checks.UNSET):
+              return_labels: bool = False):
     r"""Two interleaving half circles in the plane (scikit-learn's ``make_moons``), as a float64 tensor.
 
     Parameters
@@ -87,8 +87,6 @@ def two_moons(n: int, noise: float = 0.05, generator=None, *, standardize: str |
         See the module docstring (default: centre and divide by one scale, average variance 1).
     return_labels : bool
         Also return which moon each point belongs to, a long tensor (n,) of 0/1.
-    seed
-        Deprecated former name of ``generator``.
 
     Returns
     -------
@@ -97,14 +95,14 @@ def two_moons(n: int, noise: float = 0.05, generator=None, *, standardize: str |
     """
     from sklearn.datasets import make_moons
 
-    state = _seed(_checks.renamed(generator, seed, "seed"))
+    state = _seed(generator)
     x, y = make_moons(n_samples=_count(n), noise=_noise(noise), random_state=state)
     out = torch.as_tensor(_standardize(x, standardize), dtype=torch.float64)
     return (out, torch.as_tensor(y, dtype=torch.long)) if return_labels else out
 
 
 def swiss_roll(n: int, noise: float = 0.5, generator=None, *, standardize: str | None = "isotropic",
-               return_position: bool = False, seed=_checks.UNSET):
+               return_position: bool = False):
     r"""A 2-D Swiss roll: the (x, z) coordinates of scikit-learn's ``make_swiss_roll``, as a float64 tensor.
 
     The 3-D roll is :math:`(u\cos u, y, u\sin u)` with :math:`u\in[1.5\pi, 4.5\pi]`; dropping the height y leaves the
@@ -123,12 +121,10 @@ def swiss_roll(n: int, noise: float = 0.5, generator=None, *, standardize: str |
         See the module docstring.
     return_position : bool
         Also return the position u along the spiral, a float64 tensor (n,).
-    seed
-        Deprecated former name of ``generator``.
     """
     from sklearn.datasets import make_swiss_roll
 
-    state = _seed(_checks.renamed(generator, seed, "seed"))
+    state = _seed(generator)
     x, u = make_swiss_roll(n_samples=_count(n), noise=_noise(noise), random_state=state)
     out = torch.as_tensor(_standardize(x[:, [0, 2]], standardize), dtype=torch.float64)
     return (out, torch.as_tensor(u, dtype=torch.float64)) if return_position else out

@@ -105,12 +105,6 @@ def test_rng_keyword_is_deprecated_but_still_means_generator(call):
         call(rng=4, generator=4)
 
 
-def test_seed_keyword_of_the_data_sets_is_deprecated_but_still_means_generator():
-    with pytest.warns(DeprecationWarning, match="seed= is deprecated"):
-        old = data.swiss_roll(20, seed=3)
-    assert torch.equal(old, data.swiss_roll(20, generator=3))
-
-
 @pytest.mark.parametrize("make", [data.two_moons, data.swiss_roll])
 def test_the_data_sets_take_the_one_convention(make):
     # scikit-learn draws these: an int seed is its random_state (the data sets of before, unchanged), a torch or numpy
@@ -121,6 +115,8 @@ def test_the_data_sets_take_the_one_convention(make):
     assert torch.equal(make(8, generator=np.random.default_rng(2)), make(8, generator=np.random.default_rng(2)))
     with pytest.raises(TypeError, match="generator"):
         make(8, generator="seed")
+    with pytest.raises(TypeError):
+        make(8, seed=3)  # the former keyword (no chapter used it): gone, not silently ignored
 
 
 def test_train_takes_the_one_convention():
