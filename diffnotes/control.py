@@ -414,6 +414,9 @@ def fit_diffusion_policy(obs: torch.Tensor, actions: torch.Tensor, *, sde: VPSDE
         Of the network.
     n_steps
         Sampler steps of the returned policy.
+    prediction : {"eps", "x0", "v", "score"}
+        What the network predicts (see :func:`diffnotes.networks.as_score`); default the noise, as in Diffusion
+        Policy.
     generator : int, torch.Generator or numpy.random.Generator, optional
         Source of the initial weights and of the training draws.
     progress : bool
