@@ -6,7 +6,7 @@ score matching (Diffusion Policy, :cite:t:`chi2023diffusion`), and **Diffusion-Q
 which adds a Q-value term to the policy's loss to learn better-than-behaviour actions from offline data.  This module
 holds the pieces of a small but complete version of both:
 
-* :class:`PointMassObstacleEnv`, a :class:`gymnasium.Env` (checked by Gymnasium's own environment checker in the
+* :class:`PointMassObstacleEnv`, a ``gymnasium.Env`` (checked by Gymnasium's own environment checker in the
   tests): a 2-D point mass must reach a goal behind a round obstacle;
 * :func:`expert_action` and :func:`expert_dataset`, scripted experts that pass the obstacle on the left or on the
   right (chosen at random per episode): the expert's action law at the start is **bimodal by construction**;
