@@ -78,7 +78,8 @@ def make_waveforms(n: int, length: int = 256, *, sample_rate: float = SAMPLE_RAT
     max_partials : int
         The largest number of partials.
     frequency_range : (float, float)
-        Lowest and highest frequency, :math:`0 < f_{\rm lo} < f_{\rm hi} < ` sample_rate / 2 (Nyquist).
+        Lowest and highest frequency, :math:`0 < f_{\rm lo} < f_{\rm hi} < f_s/2` (:math:`f_s` the sample
+        rate; :math:`f_s/2` the Nyquist frequency).
     generator : None, int, torch.Generator or numpy.random.Generator
         Source of every random choice.
     return_parameters : bool

@@ -21,7 +21,7 @@ holds the pieces of a small but complete version of both:
 * :class:`BimodalBandit`, :func:`ddpm_chain` (a differentiable reverse chain), :func:`diffusion_ql_loss` and
   :func:`fit_diffusion_ql`: Diffusion-QL on a contextual bandit with a two-mode behaviour policy and its exact Q.
 
-Conventions are the package's (:mod:`diffnotes`): the conditional score has the form ``score(a, s, t)``; every
+Conventions are the package's (``diffnotes``): the conditional score has the form ``score(a, s, t)``; every
 function that draws takes ``generator=``.
 """
 

@@ -295,7 +295,7 @@ def digit_score_network(kind: str = "mlp", *, sde: VPSDE | None = None, generato
 
     Returns ``as_score(net, "eps", sde, conditional=True)``: a module computing
     :math:`s(x, y, t) = -\varepsilon_\theta(x, y, t)/\sqrt{h(t)}`, with the null label :math:`y = 10` for the
-    unconditional score (see :data:`NETWORKS` and the module's note on the choice).
+    unconditional score (see ``NETWORKS`` and the module's note on the choice).
 
     Parameters
     ----------

@@ -225,7 +225,7 @@ def exact_posterior(target: GaussianMixture, mask, y) -> GaussianMixture:
     Parameters
     ----------
     target : GaussianMixture
-        The law of the images (a :class:`~diffnotes.targets.Gaussian` gives a :class:`Gaussian`).
+        The law of the images (a :class:`~diffnotes.targets.Gaussian` gives a :class:`~diffnotes.targets.Gaussian`).
     mask : bool tensor, shape (D,)
         True where known.
     y : torch.Tensor, shape (D,)
