@@ -496,6 +496,5 @@ def posterior_error(samples, posterior: GaussianMixture, *, kind: str = "w2", n_
         gen = _checks.generator(generator)
         ref = posterior.sample(n_ref, generator=gen)
         seed = int(torch.randint(0, 2**62, (), generator=gen)) if gen is not None else 0
-        return sliced_wasserstein(samples.numpy(), ref.numpy(), n_projections=n_projections,
-                                  rng=np.random.default_rng(seed))
+        return sliced_wasserstein(samples.numpy(), ref.numpy(), n_projections=n_projections, generator=seed)
     raise ValueError(f"kind must be 'w2' or 'sliced', got {kind!r}")

@@ -11,8 +11,9 @@ import numpy as np
 
 __all__ = ["use_style", "COLORS", "reference_line"]
 
-#: A colour-blind-safe cycle (Okabe-Ito), used for the samplers and estimators of every chapter.
-COLORS = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
+#: A colour-blind-safe cycle (the eight Okabe-Ito colours and a grey), used for the samplers and estimators of
+#: every chapter.
+COLORS = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000", "#999999"]
 
 
 def use_style() -> None:
