@@ -181,8 +181,8 @@ def gaussian_posterior(mean, cov, mask, y) -> tuple[torch.Tensor, torch.Tensor]:
     Returns
     -------
     (torch.Tensor, torch.Tensor)
-        The posterior mean, shape (|U|,) (or (n, |U|) for n images), and covariance (|U|, |U|), the same for
-        every image.
+        The posterior mean, shape ``(m,)`` (or ``(n, m)`` for n images; m is the number of unknown pixels), and
+        covariance ``(m, m)``, the same for every image.
     """
     mean = _checks.data(torch.as_tensor(np.asarray(mean, dtype=np.float64))[None], "mean", shape="(D,)")[0]
     D = mean.shape[0]
@@ -470,7 +470,7 @@ def posterior_error(samples, posterior: GaussianMixture, *, kind: str = "w2", n_
 
     Parameters
     ----------
-    samples : torch.Tensor, shape (n, |U|)
+    samples : torch.Tensor, shape ``(n, m)`` (m unknown pixels)
         Missing coordinates of the inpainted images (``x[:, ~mask]``), n >= 2.
     posterior : GaussianMixture
         The exact posterior; for ``kind="w2"`` a :class:`~diffnotes.targets.Gaussian`.
