@@ -48,6 +48,9 @@ __all__ = [
     "clean_log_classifier",
     "NoisyClassifier",
     "noisy_classifier_loss",
+    "centre_stiffness",
+    "ddpm_step_factors",
+    "split_threshold",
 ]
 
 
@@ -447,3 +450,88 @@ def noisy_classifier_loss(classifier: Callable, x0: torch.Tensor, y, t0: float =
     t, eps = _times_and_noise(x0, sde, t0, T, generator, t, eps)
     xt = sde.alpha(t[:, None]) * x0 + torch.sqrt(sde.h(t[:, None])) * eps
     return _reduce(-_select(classifier(xt, t), y.long(), n), reduction)
+
+
+# -- the stability of guided DDPM at a mixture's centre (review Section 5.3; Fig. 7) --------------------------------
+def _line_mixture(mixture):
+    means, covs = mixture.means, mixture.covs
+    if means.shape[1] != 1:
+        raise ValueError(f"the centre analysis is for a one-dimensional mixture, got dimension {means.shape[1]}")
+    var = covs.reshape(-1)
+    if not torch.allclose(var, var[0].expand_as(var)):
+        raise ValueError("the centre analysis needs components of one common variance")
+    return means[:, 0].to(torch.float64), float(var[0])
+
+
+def centre_stiffness(mixture, t, x: float = 0.0) -> torch.Tensor:
+    r"""The curvature :math:`c(t)` that classifier-free guidance adds at a point of a 1-D mixture.
+
+    For a one-dimensional Gaussian mixture whose components share the variance :math:`\sigma^2`, the diffused
+    component laws are :math:`\mathsf N(\alpha\mu_k, v)` with :math:`v = \alpha^2\sigma^2 + h`, and at the point
+    x the guided score of the component ``y`` centred there, :math:`(1+\eta)\nabla\log p_t(x\mid y) -
+    \eta\nabla\log p_t(x)`, has the derivative :math:`-(1 + \eta c(t))/v` with
+
+    .. math::
+
+        c(t) = \frac{\alpha(t)^2\,\mathrm{Var}(\mu_K \mid X_t = x)}{v(t)},
+
+    the posterior variance of the component mean (weights :meth:`~diffnotes.targets.GaussianMixture.posterior`).
+    It peaks where the components separate; book chapters *The strength of guidance* (T21) and *Open questions*.
+
+    Parameters
+    ----------
+    mixture : diffnotes.targets.GaussianMixture
+        One-dimensional, components of equal variance.
+    t : float or 1-D tensor
+        Times in (0, T].
+    x : float
+        The point (the centre of the guided component, 0 by default).
+
+    Returns
+    -------
+    torch.Tensor
+        c(t), shape (n,), float64.
+    """
+    centres, var = _line_mixture(mixture)
+    sde = mixture.sde
+    t = torch.as_tensor(t, dtype=torch.float64).reshape(-1)
+    a, v = sde.alpha(t), sde.alpha(t) ** 2 * var + sde.h(t)
+    w = mixture.posterior(torch.full((t.numel(), 1), float(x), dtype=torch.float64), t)
+    return a**2 * ((w * centres**2).sum(1) - (w * centres).sum(1) ** 2) / v
+
+
+def _step_terms(mixture, grid):
+    grid = torch.as_tensor(grid, dtype=torch.float64).reshape(-1)
+    if grid.numel() < 2 or torch.any(grid[1:] >= grid[:-1]):
+        raise ValueError("grid must be a decreasing sequence of at least two times (as time_grid returns)")
+    _, var = _line_mixture(mixture)
+    sde = mixture.sde
+    t, t_next = grid[:-1], grid[1:]
+    beta = 1 - sde.alpha(t) ** 2 / sde.alpha(t_next) ** 2
+    return t, beta, sde.alpha(t) ** 2 * var + sde.h(t)
+
+
+def ddpm_step_factors(mixture, grid, eta: float) -> torch.Tensor:
+    r"""The derivative at the centre of each guided DDPM step's mean map, :math:`d(t_k)`.
+
+    The DDPM step :math:`x \mapsto (x + \beta_k s(x, t_k))/\sqrt{1-\beta_k}` with the guided score of
+    :func:`centre_stiffness` has, at the centre, the slope
+
+    .. math::
+
+        d(t_k) = \frac{1 - \beta_k(1 + \eta c(t_k))/v(t_k)}{\sqrt{1 - \beta_k}},\qquad
+        \beta_k = 1 - \alpha(t_k)^2/\alpha(t_{k+1})^2 .
+
+    A step with :math:`d < -1` makes the centre repelling: the middle component splits (review Fig. 7; book chapter
+    *The strength of guidance*).  Returns one factor per step, shape (N,).
+    """
+    eta = float(_check_strength(eta))
+    t, beta, v = _step_terms(mixture, grid)
+    return (1 - beta * (1 + eta * centre_stiffness(mixture, t)) / v) / torch.sqrt(1 - beta)
+
+
+def split_threshold(mixture, grid) -> float:
+    r"""The smallest guidance strength at which some step of the grid has :math:`d(t_k) < -1` (see
+    :func:`ddpm_step_factors`): :math:`\eta_c = \min_k \big((1 + \sqrt{1-\beta_k})v_k/\beta_k - 1\big)/c(t_k)`."""
+    t, beta, v = _step_terms(mixture, grid)
+    return float((((1 + torch.sqrt(1 - beta)) * v / beta - 1) / centre_stiffness(mixture, t)).min())

@@ -54,6 +54,7 @@ __all__ = [
     "predictor_corrector",
     "dpm_solver_pp",
     "exponential_multistep",
+    "block_noise",
     "SAMPLERS",
     "DETERMINISTIC",
     "EVALS_PER_STEP",
@@ -683,3 +684,34 @@ DETERMINISTIC = tuple(name for name, sampler in SAMPLERS.items() if sampler.dete
 
 #: Score evaluations per step of each sampler (at default options).
 EVALS_PER_STEP = {name: sampler.evals_per_step for name, sampler in SAMPLERS.items()}
+
+
+def block_noise(rows: int, blocks: int, generator=None) -> Callable:
+    """A ``noise`` hook for common random numbers across ``blocks`` stacked copies of a batch of ``rows`` rows.
+
+    Each call ``noise(like)`` (``like`` of shape (rows * blocks, D)) draws one (rows, D) standard Gaussian block from
+    ``generator`` and repeats it ``blocks`` times, so that every block of a stacked batch (one guidance strength or
+    one schedule per block, say) sees the same noise at every step and differences between blocks are not Monte Carlo
+    noise.  Pass it as ``sampler(..., noise=block_noise(n, B, gen))``; book chapters *The strength of guidance* and
+    *Open questions*.
+
+    Parameters
+    ----------
+    rows : int
+        Rows of one block, >= 1.
+    blocks : int
+        Number of stacked blocks, >= 1.
+    generator : None, int, torch.Generator or numpy.random.Generator
+        Source of the draws (a torch generator is used as it is, so its stream continues in the caller).
+    """
+    rows = _checks.positive_int(rows, "rows")
+    blocks = _checks.positive_int(blocks, "blocks")
+    gen = _checks.generator(generator)
+
+    def noise(like: torch.Tensor) -> torch.Tensor:
+        if like.ndim != 2 or like.shape[0] != rows * blocks:
+            raise ValueError(f"block_noise({rows}, {blocks}) serves batches of {rows * blocks} rows, got "
+                             f"{tuple(like.shape)}")
+        return torch.randn(rows, like.shape[1], generator=gen, dtype=like.dtype).repeat(blocks, 1)
+
+    return noise

@@ -209,3 +209,54 @@ def test_noisy_classifier_learns_the_exact_posterior():
     assert guided(xte[:10], te[:10]).shape == (10, 2)
     with pytest.raises(ValueError, match="labels must lie"):
         classifier_guidance(TARGET.score, clf, 3)
+
+
+# -- the stability of guided DDPM at the centre (T21) ------------------------------------------------------------------
+def _line(sde):
+    from diffnotes.targets import GaussianMixture
+
+    return GaussianMixture([1 / 3, 1 / 3, 1 / 3], [[-3.0], [0.0], [3.0]], [1.0, 1.0, 1.0], sde=sde)
+
+
+@pytest.mark.parametrize("eta", [0.5, 3.0])
+def test_centre_stiffness_is_the_slope_of_the_guided_score_at_the_centre(eta):
+    """Independent of the formula: autograd of the classifier-free guided score of the middle component at x = 0."""
+    from diffnotes.guidance import centre_stiffness, classifier_free_guidance, with_null_label
+    from diffnotes.sde import ConstantVP
+
+    sde = ConstantVP(T=8.0)
+    line = _line(sde)
+    guided = classifier_free_guidance(with_null_label(line.conditional_score, line.score, n_classes=3), 1, eta=eta)
+    for t in (0.3, 1.0, 2.5):
+        x = torch.zeros(1, 1, dtype=torch.float64, requires_grad=True)
+        (slope,) = torch.autograd.grad(guided(x, t).sum(), x)
+        v = float(sde.alpha(torch.tensor(t)) ** 2 + sde.h(torch.tensor(t)))
+        c = float(centre_stiffness(line, t)[0])
+        assert float(slope) == pytest.approx(-(1 + eta * c) / v, rel=1e-10)
+
+
+def test_ddpm_step_factors_at_the_split_threshold_reach_minus_one():
+    from diffnotes.guidance import ddpm_step_factors, split_threshold
+    from diffnotes.samplers import time_grid
+    from diffnotes.sde import ConstantVP
+
+    sde = ConstantVP(T=8.0)
+    line, grid = _line(sde), time_grid(sde, 1e-3, 32, spacing="uniform")
+    eta_c = split_threshold(line, grid)
+    assert float(ddpm_step_factors(line, grid, eta_c).min()) == pytest.approx(-1.0, abs=1e-12)
+    assert float(ddpm_step_factors(line, grid, 0.99 * eta_c).min()) > -1
+    with pytest.raises(ValueError, match="decreasing"):
+        split_threshold(line, grid.flip(0))
+    with pytest.raises(ValueError, match="strength"):
+        ddpm_step_factors(line, grid, -1.0)
+
+
+def test_block_noise_repeats_one_draw_per_block_and_checks_the_batch():
+    from diffnotes.samplers import block_noise
+
+    noise = block_noise(3, 4, generator=0)
+    like = torch.zeros(12, 2, dtype=torch.float64)
+    xi = noise(like)
+    assert xi.dtype == torch.float64 and torch.equal(xi[:3], xi[9:]) and not torch.equal(noise(like)[:3], xi[:3])
+    with pytest.raises(ValueError, match="12 rows"):
+        noise(torch.zeros(5, 2))
