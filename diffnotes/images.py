@@ -267,17 +267,7 @@ class ConditionalUNet(UNet):
                              f"{sorted(set(y.tolist()))}")
         xp = x.to(dtype=p.dtype, device=p.device)
         emb = self.time_mlp(self.embedding(_checks.time_rows(t, n, xp))) + self.class_embedding(y).to(xp.dtype)
-        h = self.stem(xp.reshape(n, *self.image_shape))
-        skips = []
-        for block in self.down:
-            h = block(h, emb)
-            skips.append(h)
-            h = nn.functional.avg_pool2d(h, 2)
-        h = self.middle(h, emb)
-        for block in self.up:
-            h = nn.functional.interpolate(h, scale_factor=2, mode="nearest")
-            h = block(torch.cat([h, skips.pop()], dim=1), emb)
-        return self.head(h).reshape(n, self.dim).to(dtype=x.dtype, device=x.device)
+        return self._unet(xp, emb).to(dtype=x.dtype, device=x.device)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", n_classes={self.n_classes}"

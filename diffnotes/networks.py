@@ -535,6 +535,11 @@ class UNet(nn.Module):
         xp = x.to(dtype=p.dtype, device=p.device)
         n = x.shape[0]
         emb = self.time_mlp(self.embedding(_checks.time_rows(t, n, xp)))
+        return self._unet(xp, emb).to(dtype=x.dtype, device=x.device)
+
+    def _unet(self, xp: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        """Stem, down path, middle, up path with skips, head: flat images (n, C*H*W) and embeddings (n, t_dim)."""
+        n = xp.shape[0]
         h = self.stem(xp.reshape(n, *self.image_shape))
         skips = []
         for block in self.down:
@@ -545,7 +550,7 @@ class UNet(nn.Module):
         for block in self.up:
             h = nn.functional.interpolate(h, scale_factor=2, mode="nearest")
             h = block(torch.cat([h, skips.pop()], dim=1), emb)
-        return self.head(h).reshape(n, self.dim).to(dtype=x.dtype, device=x.device)
+        return self.head(h).reshape(n, self.dim)
 
     def architecture(self) -> list[dict]:
         """The stages in the order of the forward pass, read from the modules, for drawing the network.
