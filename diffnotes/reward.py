@@ -54,7 +54,7 @@ from torch import nn
 
 from . import _checks, samplers
 from .losses import sample_times
-from .networks import SinusoidalEmbedding
+from .networks import SinusoidalEmbedding, _mlp
 from .sde import VPSDE
 from .training import train
 
@@ -132,16 +132,6 @@ def _seeded_init(module: nn.Module, generator: torch.Generator | None) -> None:
                 layer.weight.uniform_(-bound, bound, generator=generator)
                 if layer.bias is not None:
                     layer.bias.uniform_(-bound, bound, generator=generator)
-
-
-def _mlp(n_in: int, hidden: int, depth: int, n_out: int) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    width = n_in
-    for _ in range(depth):
-        layers += [nn.Linear(width, hidden), nn.SiLU()]
-        width = hidden
-    layers.append(nn.Linear(width, n_out))
-    return nn.Sequential(*layers)
 
 
 # -- step 1: reward models ---------------------------------------------------------------------------------------
