@@ -408,7 +408,9 @@ class ExactRatios:
     all :math:`(l, a)` come from one contraction per position: :math:`p_t(x^{l\leftarrow a}) = \sum_c K_t(a\mid c)\,
     G_l(c)` with :math:`G_l(c) = \sum_{x_0: x_0^l = c} p_0(x_0)\prod_{l'\ne l}K_t(x^{l'}\mid x_0^{l'})`.  A sequence of
     probability zero under :math:`p_t` gets ratio 0 towards all its neighbours (the reverse chain never visits it).
-    Calling the object is the ratio protocol of the module.
+    When all rows share one time (the grid samplers), the numerators are read off the marginal :math:`p_t` on all
+    :math:`S^L` states instead (the same numbers, much cheaper).  Calling the object is the ratio protocol of the
+    module.
 
     Parameters
     ----------
@@ -441,10 +443,23 @@ class ExactRatios:
         t = t.expand(n) if t.ndim == 0 else t.reshape(-1)
         if t.shape != (n,):
             raise ValueError(f"t must be a number or one time per row (shape ({n},)), got shape {tuple(t.shape)}")
+        if n > 0 and pr._enumerable and bool(torch.all(t == t[0])):
+            return self._table_ratios(x, float(t[0]))
         out = torch.empty(n, pr.L, pr.S, dtype=torch.float64)
         for lo in range(0, n, self.chunk):
             out[lo:lo + self.chunk] = self._ratios(x[lo:lo + self.chunk], t[lo:lo + self.chunk])
         return out
+
+    def _table_ratios(self, x, t: float):
+        """One time for all rows: look the numerators up in the marginal :math:`p_t` on all states (cheap)."""
+        pr = self.process
+        p = self.law(t)
+        idx = pr.index(x)
+        powers = pr.S ** torch.arange(pr.L - 1, -1, -1)
+        neighbours = idx[:, None, None] + (torch.arange(pr.S)[None, None, :] - x[:, :, None]) * powers[None, :, None]
+        den = p[idx][:, None, None]
+        ratio = torch.where(den > 0, p[neighbours] / torch.where(den > 0, den, 1.0), 0.0)
+        return ratio.scatter(2, x[:, :, None], 1.0)
 
     def _ratios(self, x, t):
         pr = self.process
