@@ -111,7 +111,12 @@ class SinusoidalEmbedding(nn.Module):
         self.register_buffer("frequencies", freqs)
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        """Embed an (n,) tensor of times; returns (n, n_features) in the dtype of ``t``."""
+        """Embed an (n,) tensor of times; returns (n, n_features) in the dtype of ``t``.
+
+        Non-finite times raise ``ValueError`` (every network of this module embeds its time here, so none of them
+        turns a NaN or infinite time into a silent NaN output)."""
+        if not bool(torch.all(torch.isfinite(t))):
+            raise ValueError("the times t must be finite (got NaN or infinite values)")
         if self.kind == "log":
             if torch.any(t <= 0):
                 raise ValueError("a log-time embedding needs t > 0 (use an early-stopping time t0 > 0)")

@@ -84,3 +84,47 @@ def test_every_provider_feeds_every_consumer(name, D, score, obj):
     loss = esm_loss(score, score, x, sde=SDE, t=torch.full((6,), 1.0, dtype=torch.float64),
                     eps=torch.zeros_like(x))
     assert float(loss) == pytest.approx(0.0, abs=1e-20)
+
+
+def _raw_providers():
+    """(name, D, f(x, t)): networks called directly and the conditional providers, which the table above omits."""
+    from diffnotes.estimators import ConditionalKernelScore, ConditionedScore
+    from diffnotes.networks import ConditionalScoreMLP, EncoderDecoderScore, UNet
+
+    mix = GaussianMixture([0.4, 0.6], [[-1.0, 0.0], [1.0, 0.5]], [torch.eye(2) * 0.3, torch.eye(2) * 0.5], SDE)
+    data = mix.sample(40, _gen())
+    y = torch.arange(40, dtype=torch.float64) % 2
+    cks = ConditionalKernelScore(data, y, SDE, bandwidth=0.3)
+    cond = ConditionedScore(cks, 0.5)
+    mlp = ScoreMLP(2, hidden=8, depth=1, generator=0)
+    cmlp = ConditionalScoreMLP(2, 2, hidden=8, depth=1, generator=0)
+    ed = EncoderDecoderScore(3, 2, sde=SDE, hidden=8, depth=1, generator=0)
+    unet = UNet((1, 4, 4), channels=(8, 8), groups=4, generator=0)
+    return [
+        ("ScoreMLP", 2, mlp), ("ConditionalScoreMLP", 2, lambda x, t: cmlp(x, 1, t)),
+        ("EncoderDecoderScore", 3, ed), ("UNet", 16, unet),
+        ("ConditionalKernelScore", 2, lambda x, t: cks.score(x, 0.0, t)), ("ConditionedScore", 2, cond.score),
+    ]
+
+
+RAW = _raw_providers()
+
+
+@pytest.mark.parametrize(("name", "D", "f"), RAW, ids=[r[0] for r in RAW])
+def test_networks_and_conditional_providers_refuse_bad_points_and_times(name, D, f):
+    good = torch.randn(4, D, dtype=torch.float64, generator=_gen())
+    with torch.no_grad():
+        assert torch.all(torch.isfinite(f(good, 1.0)))
+        nan = good.clone()
+        nan[2, 0] = math.nan
+        cases = [(nan, 1.0, ValueError, "NaN"), (good * math.inf, 1.0, ValueError, "NaN or infinite"),
+                 (torch.ones(4, D, dtype=torch.int64), 1.0, TypeError, "floating"),
+                 (torch.ones(4, D, dtype=torch.bool), 1.0, TypeError, "floating"),
+                 (good, math.nan, ValueError, "finite"), (good, math.inf, ValueError, "finite"),
+                 (good, torch.tensor([1.0, math.nan, 1.0, 1.0], dtype=torch.float64), ValueError, "finite")]
+        for x, t, error, match in cases:
+            with pytest.raises(error, match=match):
+                f(x, t)
+                pytest.fail(f"{name} accepted a bad input")
+        # A time is a number: an integer time tensor is converted (a documented choice), never refused or NaN.
+        assert torch.equal(f(good, torch.ones(4, dtype=torch.int64)), f(good, torch.ones(4, dtype=torch.float64)))
