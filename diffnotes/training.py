@@ -302,7 +302,7 @@ def _generator_checksum(generator: torch.Generator) -> float:
 def train(model: nn.Module, loss_fn: Callable, data, *, steps: int, batch_size: int = 256, lr: float = 1e-3,
           generator: torch.Generator | None = None, ema: float | None = None, progress: bool = True,
           device=None, weight_decay: float = 0.0, callback: Callable | None = None,
-          distributed: bool | None = None, draws=None) -> TrainResult:
+          distributed: bool | None = None, draws=None, lr_schedule: str | None = None) -> TrainResult:
     r"""Minimise a minibatch loss with Adam, keeping the loss history and optionally an EMA of the parameters.
 
     At step k a minibatch of ``batch_size`` indices is taken from a stream of random permutations of the n data
@@ -382,6 +382,10 @@ def train(model: nn.Module, loss_fn: Callable, data, *, steps: int, batch_size: 
         Move the model there first (default: stay where it is).
     weight_decay : float
         Adam weight decay, >= 0.
+    lr_schedule : None or "cosine"
+        None: the constant rate ``lr``.  ``"cosine"``: the rate at step k (counted from 0) is
+        :math:`\tfrac12\,\mathrm{lr}\,(1 + \cos(\pi k/K))` for K = ``steps`` (cosine annealing,
+        ``torch.optim.lr_scheduler.CosineAnnealingLR``).
     callback : callable, optional
         Called as ``callback(step, model, loss)`` after every step (step counts from 1; loss is a float).
     distributed : bool, optional
@@ -425,6 +429,8 @@ def train(model: nn.Module, loss_fn: Callable, data, *, steps: int, batch_size: 
         raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
     if callback is not None and not callable(callback):
         raise TypeError("callback must be callable(step, model, loss)")
+    if lr_schedule not in (None, "cosine"):
+        raise ValueError(f"lr_schedule must be None or 'cosine', got {lr_schedule!r}")
     if draws is not None and not (callable(draws) or (isinstance(draws, str) and draws == "none")):
         raise TypeError(f"draws must be a callable draws(batch, generator) -> dict, 'none' or None, got {draws!r}")
     if distributed is not None and not isinstance(distributed, bool):
@@ -487,6 +493,7 @@ def train(model: nn.Module, loss_fn: Callable, data, *, steps: int, batch_size: 
         scale = ctx.world_size * (rows.stop - rows.start) / batch_size
     # foreach: one fused update over all parameter tensors (the per-tensor loop costs about 20 % of a small step)
     optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, foreach=True)
+    scheduler = None if lr_schedule is None else torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
     losses = np.empty(steps, dtype=np.float64)
     was_training = model.training
     model.train()
@@ -529,6 +536,8 @@ def train(model: nn.Module, loss_fn: Callable, data, *, steps: int, batch_size: 
                 optimizer.zero_grad(set_to_none=True)
                 loss.reshape(()).backward()
             optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
             losses[k - 1] = value
             if ema_model is not None:
                 beta = ema * (1 - ema ** (k - 1)) / (1 - ema**k)

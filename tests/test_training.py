@@ -157,3 +157,20 @@ def test_conditional_training_with_label_dropout():
     x_eval = TARGET.sample(1000, torch.Generator().manual_seed(1))
     uncond = with_label(model, model.null_label)
     assert np.isfinite(_score_error(uncond, x_eval))
+
+
+def test_cosine_schedule_sets_the_adam_step_sizes():
+    """With a constant gradient each Adam step moves a parameter by its learning rate (up to eps), so the iterates
+    of a loss linear in w give the schedule lr_k = lr (1 + cos(pi k / K)) / 2 step by step."""
+    model = torch.nn.Module()
+    model.w = torch.nn.Parameter(torch.zeros((), dtype=torch.float64))
+    data = torch.zeros(4, 1)
+    path = []
+    steps, lr = 10, 0.1
+    train(model, lambda m, xb, generator=None: m.w * 1.0, data, steps=steps, batch_size=2, lr=lr, progress=False,
+          lr_schedule="cosine", callback=lambda k, m, v: path.append(float(m.w.detach())))
+    moves = -np.diff([0.0, *path])
+    expected = 0.5 * lr * (1 + np.cos(np.pi * np.arange(steps) / steps))
+    np.testing.assert_allclose(moves, expected, rtol=1e-6)
+    with pytest.raises(ValueError, match="lr_schedule"):
+        train(model, lambda m, xb, generator=None: m.w * 1.0, data, steps=2, lr_schedule="linear", progress=False)
