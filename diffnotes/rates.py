@@ -4,7 +4,8 @@ A rate claim such as "the squared score error decays like :math:`n^{-2/(d+4)}`" 
 by fitting :math:`\log y = a + b\log x` by least squares and asking whether the theory's exponent lies in the
 slope's uncertainty interval.  :func:`loglog_slope` gives the slope with a percentile bootstrap interval, resampling
 either the points (one measurement per x) or the repeated measurements at each x (book chapter *Sample complexity of
-score estimation*).
+score estimation*).  :func:`local_orders` and :func:`richardson_order` read the order of convergence of a
+sampler off its errors at a sequence of step counts (chapters *Samplers*, *Sampling theory*, *Faster sampling*).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import numpy as np
 
 from . import _checks
 
-__all__ = ["Slope", "loglog_slope", "covered_tol"]
+__all__ = ["Slope", "loglog_slope", "covered_tol", "local_orders", "richardson_order"]
 
 
 class Slope(NamedTuple):
@@ -135,3 +136,71 @@ def covered_tol(fit: Slope, theory: float) -> float:
     if not math.isfinite(theory):
         raise ValueError(f"theory must be finite, got {theory}")
     return fit.high - fit.slope if theory > fit.slope else fit.slope - fit.low
+
+
+def _errors_and_steps(err, ns) -> tuple[np.ndarray, np.ndarray]:
+    err = np.asarray(err, dtype=np.float64)
+    ns = np.asarray(ns, dtype=np.float64)
+    if err.ndim != 1 or ns.shape != err.shape or err.size < 2:
+        raise ValueError(f"err and ns must be 1-D of the same length >= 2, got shapes {err.shape} and {ns.shape}")
+    if not (np.all(np.isfinite(err)) and np.all(err > 0)):
+        raise ValueError("the errors must be positive and finite")
+    if not (np.all(np.isfinite(ns)) and np.all(ns > 0) and np.all(np.diff(ns) > 0)):
+        raise ValueError("the step counts must be positive, finite and increasing")
+    return err, ns
+
+
+def local_orders(err, ns) -> np.ndarray:
+    r"""Local orders of convergence between consecutive step counts.
+
+    For errors :math:`e_k` at step counts :math:`N_k`,
+
+    .. math::
+
+        s_k = \frac{\log(e_k / e_{k+1})}{\log(N_{k+1} / N_k)},\qquad k = 1, \dots, K - 1 .
+
+    For :math:`e = aN^{-p}(1 + b/N + \dots)` the local order is :math:`p + O(1/N)`: the correction halves with each
+    doubling of N.  Chapters *Samplers*, *Sampling theory* and *Faster sampling*.
+
+    Parameters
+    ----------
+    err : array of shape (K,)
+        Positive errors, one per step count.
+    ns : array of shape (K,)
+        Increasing positive step counts (or numbers of score evaluations).
+
+    Returns
+    -------
+    numpy.ndarray of shape (K - 1,)
+        The local orders :math:`s_1, \dots, s_{K-1}`.
+    """
+    err, ns = _errors_and_steps(err, ns)
+    return np.log(err[:-1] / err[1:]) / np.log(ns[1:] / ns[:-1])
+
+
+def richardson_order(err, ns) -> tuple[float, float]:
+    r"""Richardson estimate of the asymptotic order from the last two local orders, with a tolerance.
+
+    With :math:`s_K \approx p + c/N_K` and step counts doubling, :math:`2s_K - s_{K-1}` removes the :math:`1/N`
+    correction; what remains is of order :math:`N^{-2}`, far below the last change :math:`|s_K - s_{K-1}|`, which is
+    returned as the tolerance.  Chapter *Sampling theory*.
+
+    Parameters
+    ----------
+    err : array of shape (K,)
+        Positive errors at K >= 3 step counts that double from one to the next.
+    ns : array of shape (K,)
+        The step counts.
+
+    Returns
+    -------
+    (float, float)
+        The estimate :math:`2s_K - s_{K-1}` and the tolerance :math:`|s_K - s_{K-1}|`.
+    """
+    s = local_orders(err, ns)
+    if s.size < 2:
+        raise ValueError("the Richardson estimate needs errors at three or more step counts")
+    ns = np.asarray(ns, dtype=np.float64)
+    if not np.allclose(ns[-2:] / ns[-3:-1], 2.0):
+        raise ValueError("the Richardson estimate assumes that the last three step counts double")
+    return float(2 * s[-1] - s[-2]), float(abs(s[-1] - s[-2]))

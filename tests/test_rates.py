@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from diffnotes.rates import loglog_slope
+from diffnotes.rates import local_orders, loglog_slope, richardson_order
 
 
 def test_exact_power_law():
@@ -49,3 +49,30 @@ def test_covered_tol_is_the_coverage_of_the_bootstrap_interval():
     for theory in np.linspace(fit.slope - 0.5, fit.slope + 0.5, 41):
         covered = fit.low <= theory <= fit.high
         assert (abs(fit.slope - theory) <= covered_tol(fit, theory)) is covered
+
+
+def test_local_orders_read_the_exponent_of_a_power_law_with_a_correction():
+    ns = 2.0 ** np.arange(3, 12)
+    err = 3.0 * ns**-2 * (1 + 5 / ns)
+    s = local_orders(err, ns)
+    assert s.shape == (len(ns) - 1,)
+    # s_k = 2 + log((1 + 5/N_k) / (1 + 5/N_{k+1})) / log 2, computed directly
+    expected = 2 + np.log((1 + 5 / ns[:-1]) / (1 + 5 / ns[1:])) / np.log(2)
+    np.testing.assert_allclose(s, expected, rtol=1e-12)
+    order, tol = richardson_order(err, ns)
+    # the 1/N correction is removed: the estimate is much closer to 2 than the last local order
+    assert abs(order - 2) < 0.1 * abs(s[-1] - 2)
+    assert abs(order - 2) <= tol
+
+
+def test_orders_reject_bad_input():
+    with pytest.raises(ValueError, match="positive and finite"):
+        local_orders([1.0, np.nan], [1, 2])
+    with pytest.raises(ValueError, match="increasing"):
+        local_orders([1.0, 0.5], [2, 1])
+    with pytest.raises(ValueError, match="same length"):
+        local_orders([1.0, 0.5, 0.2], [1, 2])
+    with pytest.raises(ValueError, match="double"):
+        richardson_order([1.0, 0.5, 0.2], [1, 2, 3])
+    with pytest.raises(ValueError, match="three or more"):
+        richardson_order([1.0, 0.5], [1, 2])
