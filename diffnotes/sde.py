@@ -40,6 +40,23 @@ def as_time(t, like: torch.Tensor | None = None) -> torch.Tensor:
     """Convert a time (float, sequence, numpy array or tensor) to a floating tensor.
 
     Python floats become float64 unless ``like`` is given, whose dtype and device are then used.
+
+    Parameters
+    ----------
+    t : float, sequence, numpy.ndarray or torch.Tensor
+        The time(s); an integer tensor is converted to float64.
+    like : torch.Tensor, optional
+        A tensor whose dtype and device the result takes.
+
+    Returns
+    -------
+    torch.Tensor
+        The time(s) as a floating tensor (a floating tensor ``t`` is returned as is when ``like`` is not given).
+
+    Raises
+    ------
+    TypeError
+        If ``t`` is not a number or an array of numbers.
     """
     if isinstance(t, torch.Tensor):
         out = t if t.is_floating_point() else t.to(torch.float64)
@@ -58,6 +75,11 @@ class VPSDE:
     r"""A variance-preserving forward SDE :math:`\mathrm dX = -\frac12 g X\,\mathrm dt + \sqrt g\,\mathrm dW` on [0, T].
 
     Subclasses define :meth:`g`, :meth:`integral` (:math:`G(t)=\int_0^t g`) and :meth:`inverse_integral`.
+
+    Parameters
+    ----------
+    T : float
+        The horizon, a positive finite number (``ValueError`` otherwise).
     """
 
     T: float = 1.0
@@ -70,42 +92,120 @@ class VPSDE:
 
     # -- the schedule -------------------------------------------------------------------------------
     def g(self, t) -> torch.Tensor:
-        """The weighting function g(t)."""
+        """The weighting function g(t).
+
+        Parameters
+        ----------
+        t : float or torch.Tensor
+            Time(s) in [0, T] (not checked here; see :meth:`check_time`).
+
+        Returns
+        -------
+        torch.Tensor
+            g(t), shaped like ``t``.
+        """
         raise NotImplementedError
 
     def integral(self, t) -> torch.Tensor:
-        r""":math:`G(t) = \int_0^t g(s)\,\mathrm ds`."""
+        r""":math:`G(t) = \int_0^t g(s)\,\mathrm ds`.
+
+        Parameters
+        ----------
+        t : float or torch.Tensor
+            Time(s) in [0, T] (not checked here).
+
+        Returns
+        -------
+        torch.Tensor
+            G(t), shaped like ``t``.
+        """
         raise NotImplementedError
 
     def inverse_integral(self, G) -> torch.Tensor:
-        """The time t with integral(t) = G (G must lie in [0, integral(T)])."""
+        """The time t with integral(t) = G (G must lie in [0, integral(T)]).
+
+        Parameters
+        ----------
+        G : float or torch.Tensor
+            Value(s) of the integral, in [0, integral(T)] (not checked here).
+
+        Returns
+        -------
+        torch.Tensor
+            The time(s) t, shaped like ``G``.
+        """
         raise NotImplementedError
 
     # -- derived quantities -------------------------------------------------------------------------
     def alpha(self, t) -> torch.Tensor:
-        r"""Mean coefficient :math:`\alpha(t) = e^{-G(t)/2}` of the transition kernel."""
+        r"""Mean coefficient :math:`\alpha(t) = e^{-G(t)/2}` of the transition kernel.
+
+        Parameters
+        ----------
+        t : float or torch.Tensor
+            Time(s) in [0, T] (not checked here).
+        """
         return torch.exp(-0.5 * self.integral(t))
 
     def h(self, t) -> torch.Tensor:
-        r"""Variance :math:`h(t) = 1 - \alpha(t)^2 = -\mathrm{expm1}(-G(t))` of the transition kernel."""
+        r"""Variance :math:`h(t) = 1 - \alpha(t)^2 = -\mathrm{expm1}(-G(t))` of the transition kernel.
+
+        Parameters
+        ----------
+        t : float or torch.Tensor
+            Time(s) in [0, T] (not checked here).
+        """
         return -torch.expm1(-self.integral(t))
 
     def sigma(self, t) -> torch.Tensor:
-        r"""Noise level :math:`\sqrt{h(t)}`."""
+        r"""Noise level :math:`\sqrt{h(t)}`.
+
+        Parameters
+        ----------
+        t : float or torch.Tensor
+            Time(s) in [0, T] (not checked here).
+        """
         return torch.sqrt(self.h(t))
 
     def log_snr(self, t) -> torch.Tensor:
-        r"""Log signal-to-noise ratio :math:`\lambda(t) = \log(\alpha^2/h) = -\log(\mathrm{expm1}(G(t)))`."""
+        r"""Log signal-to-noise ratio :math:`\lambda(t) = \log(\alpha^2/h) = -\log(\mathrm{expm1}(G(t)))`.
+
+        Parameters
+        ----------
+        t : float or torch.Tensor
+            Time(s) in (0, T] (at t = 0 the log-SNR is infinite).
+        """
         return -torch.log(torch.expm1(self.integral(t)))
 
     def time_of_log_snr(self, lam) -> torch.Tensor:
-        r"""Inverse of :meth:`log_snr`: the time at which :math:`\log(\alpha^2/h) = \lambda`."""
+        r"""Inverse of :meth:`log_snr`: the time at which :math:`\log(\alpha^2/h) = \lambda`.
+
+        Parameters
+        ----------
+        lam : float or torch.Tensor
+            Log-SNR value(s) :math:`\lambda`, between ``log_snr(T)`` and infinity for a time in (0, T].
+        """
         lam = as_time(lam)
         return self.inverse_integral(torch.log1p(torch.exp(-lam)))
 
     # -- validation ---------------------------------------------------------------------------------
     def check_time(self, t, *, allow_zero: bool = False, name: str = "t") -> torch.Tensor:
-        """Return ``t`` as a tensor after checking it lies in (0, T] (or [0, T] with ``allow_zero``)."""
+        """Return ``t`` as a tensor after checking it lies in (0, T] (or [0, T] with ``allow_zero``).
+
+        Parameters
+        ----------
+        t : float, array_like or torch.Tensor
+            The time(s) to check; must be finite.  T is allowed a relative slack of 1e-12.
+        allow_zero : bool
+            Accept t = 0 (default False: scores blow up as t -> 0).
+        name : str
+            The name used in the error message (default ``"t"``).
+
+        Raises
+        ------
+        ValueError
+            If a time is not finite or lies outside (0, T] (or [0, T]).
+        """
         t = as_time(t)
         if not torch.all(torch.isfinite(t)):
             raise ValueError(f"{name} must be finite, got {t}")
@@ -213,6 +313,20 @@ class VPSDE:
         :math:`X_t \mid X_s \sim \mathsf N\big(r X_s,\ 1 - r^2\big)` with :math:`r = \alpha(t)/\alpha(s)`,
         so there is no discretisation error.  Returns the paths, shape (len(times), n, D), starting at ``x0`` when
         the first time is 0.
+
+        Parameters
+        ----------
+        x0 : torch.Tensor
+            Starting points, shape (n, D).
+        times : array_like or torch.Tensor
+            A 1-D, strictly increasing grid in [0, T].
+        generator : int, torch.Generator or numpy.random.Generator, optional
+            Source of the Gaussian increments.
+
+        Returns
+        -------
+        torch.Tensor
+            The paths, shape (len(times), n, D).
         """
         generator = _checks.generator(generator)
         if not isinstance(x0, torch.Tensor) or x0.ndim != 2:
@@ -232,12 +346,37 @@ class VPSDE:
         return torch.stack(path)
 
     def prior_sample(self, shape, generator: torch.Generator | None = None, dtype=torch.float64) -> torch.Tensor:
-        r"""Draw from the reference law :math:`\mathsf N(0, I)` that stands in for :math:`P_T`."""
+        r"""Draw from the reference law :math:`\mathsf N(0, I)` that stands in for :math:`P_T`.
+
+        Parameters
+        ----------
+        shape : tuple of int
+            Shape of the draw, e.g. (n, D).
+        generator : int, torch.Generator or numpy.random.Generator, optional
+            Source of the noise.
+        dtype : torch.dtype
+            Floating dtype of the draw (default float64).
+        """
         generator = _checks.generator(generator)
         return torch.randn(tuple(shape), generator=generator, dtype=dtype)
 
     def denoise(self, x: torch.Tensor, score_value: torch.Tensor, t) -> torch.Tensor:
-        r"""Tweedie's formula :math:`\mathbb E[X_0 \mid X_t = x] = (x + h(t)\,\nabla\log p_t(x))/\alpha(t)`."""
+        r"""Tweedie's formula :math:`\mathbb E[X_0 \mid X_t = x] = (x + h(t)\,\nabla\log p_t(x))/\alpha(t)`.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            The noisy points, shape (n, D).
+        score_value : torch.Tensor
+            The score at (x, t), shaped like ``x``.
+        t : float or torch.Tensor
+            One time, or one per row (not checked here: give a time in (0, T]).
+
+        Returns
+        -------
+        torch.Tensor
+            The posterior mean of the clean point, shaped like ``x``.
+        """
         t = _column(as_time(t, like=x), x.shape[0])
         return (x + self.h(t) * score_value) / self.alpha(t)
 
@@ -253,6 +392,13 @@ class ConstantVP(VPSDE):
 
     With :math:`g_0 = 1` this is the Ornstein-Uhlenbeck process used throughout the review
     (Section 2.1, :cite:p:`chen2024opportunities`), and :math:`h(t) = 1 - e^{-t}`.
+
+    Parameters
+    ----------
+    T : float
+        The horizon, positive and finite (default 10).
+    g0 : float
+        The constant weighting, positive and finite (default 1).
     """
 
     def __init__(self, T: float = 10.0, g0: float = 1.0):
@@ -282,6 +428,13 @@ class LinearVP(VPSDE):
     With :math:`T = 1`, :math:`\beta_{\min} = 0.1`, :math:`\beta_{\max} = 20` this is the VP SDE of Song et al.,
     the continuous limit of the DDPM grid with :math:`\beta_k` from :math:`10^{-4}` to :math:`0.02` over 1000 steps
     (:cite:p:`song2021score,ho2020denoising`).
+
+    Parameters
+    ----------
+    beta_min, beta_max : float
+        g at t = 0 and at t = T (defaults 0.1 and 20); need 0 < beta_min <= beta_max < inf.
+    T : float
+        The horizon, positive and finite (default 1).
     """
 
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, T: float = 1.0):
@@ -315,6 +468,13 @@ class CosineVP(VPSDE):
 
     Time runs in [0, T] with T < 1 (at t = 1, g is infinite); the default T = 0.9946 is the usual truncation.
     :cite:p:`nichol2021improved`.
+
+    Parameters
+    ----------
+    s : float
+        The offset, positive (default 0.008).
+    T : float
+        The horizon, in (0, 1) (default 0.9946).
     """
 
     def __init__(self, s: float = 0.008, T: float = 0.9946):
@@ -350,6 +510,11 @@ class DiscreteVP(VPSDE):
     Then :math:`\alpha(k/N)^2 = \bar\alpha_k = \prod_{i \le k}(1-\beta_i)` exactly, so every continuous-time sampler
     of :mod:`diffnotes.samplers` runs on the DDPM grid unchanged, and DDPM step :math:`k` (0-based index
     :math:`k-1` in diffusers) is time :math:`t = k/N`.  T = 1.  :cite:p:`ho2020denoising`.
+
+    Parameters
+    ----------
+    betas : array_like
+        The betas :math:`\beta_1, \dots, \beta_N`, a non-empty 1-D sequence with every entry in (0, 1).
     """
 
     def __init__(self, betas):
@@ -365,7 +530,15 @@ class DiscreteVP(VPSDE):
 
     @classmethod
     def ddpm(cls, n: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> DiscreteVP:
-        """The DDPM grid of Ho et al.: n betas spaced linearly from beta_start to beta_end."""
+        """The DDPM grid of Ho et al.: n betas spaced linearly from beta_start to beta_end.
+
+        Parameters
+        ----------
+        n : int
+            Number of steps N, a positive integer (default 1000).
+        beta_start, beta_end : float
+            The first and last beta (defaults 1e-4 and 0.02); every beta must lie in (0, 1).
+        """
         if int(n) != n or n < 1:
             raise ValueError(f"n must be a positive integer, got {n}")
         return cls(np.linspace(beta_start, beta_end, int(n)))
@@ -401,6 +574,18 @@ class DiscreteVP(VPSDE):
 
         ``trailing`` takes diffusers indices ``round(arange(N, 0, -N/n)) - 1`` (the first step at the last node,
         t = 1); ``leading`` takes ``arange(n) * (N // n)`` reversed.  diffusers index j is time (j + 1)/N.
+
+        Parameters
+        ----------
+        n_steps : int
+            Number of steps n, an integer in [1, N].
+        spacing : {"trailing", "leading"}
+            How the sub-grid is placed (default ``"trailing"``).
+
+        Returns
+        -------
+        torch.Tensor
+            The n times, float64, decreasing.
         """
         if int(n_steps) != n_steps or not 1 <= n_steps <= self.N:
             raise ValueError(f"n_steps must be an integer in [1, {self.N}], got {n_steps}")
