@@ -1,6 +1,6 @@
 r"""Rates read off log-log plots: a least-squares slope with a bootstrap interval.
 
-A rate claim such as "the squared score error decays like :math:`n^{-2/(d+4)}`" (review Section 4.2.2) is checked
+A rate claim such as "the squared score error decays like :math:`n^{-2/(d+4)}`" (review Section 4.2) is checked
 by fitting :math:`\log y = a + b\log x` by least squares and asking whether the theory's exponent lies in the
 slope's uncertainty interval.  :func:`loglog_slope` gives the slope with a percentile bootstrap interval, resampling
 either the points (one measurement per x) or the repeated measurements at each x (book chapter *Sample complexity of
