@@ -55,6 +55,7 @@ __all__ = [
     "dpm_solver_pp",
     "exponential_multistep",
     "block_noise",
+    "diffusers_ddim_arrivals",
     "SAMPLERS",
     "DETERMINISTIC",
     "EVALS_PER_STEP",
@@ -366,15 +367,20 @@ def _ddpm(run, x, t, t_next):
     return (x + beta * run.score(x, t)) / math.sqrt(1 - beta) + math.sqrt(var) * run.draw(x)
 
 
-def _check_ddim(eta: float = 0.0):
+def _check_ddim(eta: float = 0.0, arrival=None):
     eta = float(eta)
     if not 0 <= eta <= 1:
         raise ValueError(f"the DDIM parameter eta must lie in [0, 1], got {eta}")
-    return {"eta": eta}
+    if arrival is not None:
+        arrival = as_time(arrival).to(torch.float64).reshape(-1)
+        if not torch.all(torch.isfinite(arrival)) or torch.any(arrival < 0):
+            raise ValueError("arrival must hold finite times >= 0, one per step")
+        arrival = arrival.tolist()
+    return {"eta": eta, "arrival": arrival}
 
 
 @_sampler(check=_check_ddim, deterministic=True)
-def _ddim(run, x, t, t_next, eta: float = 0.0):
+def _ddim(run, x, t, t_next, eta: float = 0.0, arrival=None):
     r"""DDIM: predict :math:`\hat x_0` by Tweedie, then move to :math:`t'` along the predicted noise.
 
     .. math::
@@ -385,7 +391,20 @@ def _ddim(run, x, t, t_next, eta: float = 0.0):
     with :math:`\sigma = \eta\sqrt{(1-\bar\alpha')/(1-\bar\alpha)}\sqrt{1-\bar\alpha/\bar\alpha'}`.  ``eta = 0``
     (default) is the deterministic DDIM, a first-order solver of the probability-flow ODE; ``eta = 1`` is DDPM.
     :cite:p:`song2021denoising`.
+
+    ``arrival`` (optional, one time per step, each below its step's start) replaces the time :math:`t'` that step
+    k arrives at, while the next step still evaluates the score at the next grid time.  This is not the method (it
+    leaves the state at one time and calls it another); it exists to reproduce diffusers' ``DDIMScheduler``, which
+    steps from timestep j to j - N // n whatever the next timestep is, so that for step counts n that do not
+    divide N = 1000 its trailing and linspace grids are not what it integrates (:func:`diffusers_ddim_arrivals`
+    gives its arrival times; book page *Parity with diffusers*).
     """
+    if arrival is not None:
+        if run.step_index == 0 and len(arrival) != run.n_steps:
+            raise ValueError(f"arrival must hold one time per step ({run.n_steps}), got {len(arrival)}")
+        t_next = arrival[run.step_index]
+        if not t_next < t:
+            raise ValueError(f"arrival time {t_next:g} of step {run.step_index} is not below its start {t:g}")
     ab, ab_next = _abar(run, t), _abar(run, t_next)
     s = run.score(x, t)
     x0 = (x + (1 - ab) * s) / math.sqrt(ab)
@@ -684,6 +703,37 @@ DETERMINISTIC = tuple(name for name, sampler in SAMPLERS.items() if sampler.dete
 
 #: Score evaluations per step of each sampler (at default options).
 EVALS_PER_STEP = {name: sampler.evals_per_step for name, sampler in SAMPLERS.items()}
+
+
+def diffusers_ddim_arrivals(sde, n_steps: int, set_alpha_to_one: bool = False, spacing: str = "trailing"):
+    r"""The times diffusers' ``DDIMScheduler`` arrives at, step by step, on a :class:`~diffnotes.sde.DiscreteVP`.
+
+    diffusers steps from its timestep :math:`j_k` to :math:`j_k - \lfloor N/n\rfloor` (N training steps, n
+    inference steps), not to its next timestep :math:`j_{k+1}`; the two agree only when n divides N (trailing
+    spacing).  A negative index stands for :math:`\bar\alpha_0 = \bar\alpha(1/N)` (``set_alpha_to_one=False``) or
+    for :math:`\bar\alpha = 1`, t = 0 (``True``).  With diffusers index j at time (j + 1)/N,
+    ``ddim(score, x, times, sde=sde, arrival=diffusers_ddim_arrivals(sde, n))`` on ``times`` =
+    ``sde.timesteps(n)`` followed by 1/N reproduces ``DDIMScheduler(timestep_spacing="trailing",
+    set_alpha_to_one=False)`` for every n (tests/test_parity_diffusers.py).
+
+    Parameters
+    ----------
+    sde : DiscreteVP
+        The discrete grid (N = ``sde.N``).
+    n_steps : int
+        Number of inference steps n.
+    set_alpha_to_one : bool
+        diffusers' option of the same name.
+    spacing : str
+        ``"trailing"`` or ``"leading"`` (as :meth:`~diffnotes.sde.DiscreteVP.timesteps`).
+    """
+    N = getattr(sde, "N", None)
+    if N is None:
+        raise TypeError(f"sde must be a DiscreteVP (diffusers' grid), got {type(sde).__name__}")
+    times = sde.timesteps(n_steps, spacing)
+    j = torch.round(times * N).long() - 1 - N // int(n_steps)
+    floor = 0.0 if set_alpha_to_one else 1.0 / N
+    return torch.where(j >= 0, (j + 1).double() / N, torch.full_like(times, floor))
 
 
 def block_noise(rows: int, blocks: int, generator=None) -> Callable:

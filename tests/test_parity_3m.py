@@ -4,7 +4,7 @@ diffusers' ``DPMSolverMultistepScheduler`` (``solver_order=3``) weights the seco
 third-order update with -phi_3, half the weight -2 phi_3 = h J_2(h) of the exact integral of the quadratic
 interpolant that ``exponential_multistep(order=3)`` uses; and our first step (DDIM) is corrected, diffusers' is not.
 A direct implementation of the 3M recursion with these two switches reproduces both.  The setting is that of
-tests/test_parity_diffusers.py (exact mixture score on the DDPM grid, given to diffusers as a noise prediction).
+tests/_parity.py (exact mixture score on the DDPM grid, given to diffusers as a noise prediction).
 """
 
 import math
@@ -14,33 +14,18 @@ import torch
 
 diffusers = pytest.importorskip("diffusers")
 
-from diffnotes.samplers import exponential_multistep  # noqa: E402
-from diffnotes.sde import DiscreteVP  # noqa: E402
-from diffnotes.targets import ring_mixture  # noqa: E402
+from _parity import setup as parity_setup  # noqa: E402
+from _parity import start  # noqa: E402
 
-CONFIG = dict(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear")
+from diffnotes.samplers import exponential_multistep  # noqa: E402
 
 
 def setup():
     # solver_type="heun": the second-order step integrates the linear interpolant exactly, as ours does;
     # lower_order_final=False with final_sigmas_type="zero": orders 1, 2, 3, ..., 3, then the step to sigma = 0,
     # which is Tweedie's denoised estimate (our final_denoise).
-    sched = diffusers.DPMSolverMultistepScheduler(**CONFIG, timestep_spacing="trailing", algorithm_type="dpmsolver++",
-                                                  solver_order=3, solver_type="heun", lower_order_final=False,
-                                                  final_sigmas_type="zero")
-    sde = DiscreteVP(sched.betas.double())
-    target = ring_mixture(8, radius=4.0, std=0.3, sde=sde)
-    abar = sde.alphas_cumprod
-
-    def eps_model(x, j):
-        j = int(j)
-        return -torch.sqrt(1 - abar[j]) * target.score(x, (j + 1) / 1000)
-
-    return sched, sde, target, eps_model
-
-
-def start(n=64, seed=0):
-    return torch.randn(n, 2, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return parity_setup(diffusers.DPMSolverMultistepScheduler, algorithm_type="dpmsolver++", solver_order=3,
+                        solver_type="heun", lower_order_final=False, final_sigmas_type="zero")
 
 
 def three_m(score, x, times, sde, d2_weight, correct_first_step):
