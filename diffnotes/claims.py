@@ -60,7 +60,37 @@ class ClaimError(AssertionError):
 
 @dataclass(frozen=True)
 class Claim:
-    """One checked claim, as recorded for the Scorecard."""
+    """One checked claim, as recorded for the Scorecard.
+
+    Built by :func:`check` (not validated here); ``dataclasses.asdict`` of it is one JSON record.
+
+    Parameters
+    ----------
+    id : str
+        The claim's identifier, e.g. ``"T2"``.
+    quantity : str
+        What was measured, in words.
+    theory : float
+        The value the theory predicts.
+    tolerance : float
+        The tolerance, >= 0 (``tol`` of :func:`check`).
+    kind : str
+        The comparison, a key of :data:`KINDS`.
+    measured : float
+        The measured value.
+    passed : bool
+        Whether the measurement is within tolerance.
+    status : str
+        ``"FAILED"``, ``"not visible at this size"`` or the passing status of the category (:data:`CATEGORIES`).
+    note : str
+        A short remark shown on the scorecard.
+    chapter : str
+        The chapter that made the check (the environment variable ``DIFFNOTES_CHAPTER``; empty outside the build).
+    category : str
+        A key of :data:`CATEGORIES` (default ``"claim"``).
+    run : str
+        The id of the kernel run that wrote the record (default empty).
+    """
 
     id: str
     quantity: str

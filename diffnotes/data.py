@@ -55,7 +55,26 @@ def _noise(noise) -> float:
 
 
 def standardize(x: np.ndarray, how: str | None = "isotropic") -> np.ndarray:
-    r"""Centre and scale an (n, D) array: ``"isotropic"`` (one scale, average variance 1), ``"coordinate"`` or None."""
+    r"""Centre and scale an (n, D) array: ``"isotropic"`` (one scale, average variance 1), ``"coordinate"`` or None.
+
+    Parameters
+    ----------
+    x : array_like
+        The data, shape (n, D).
+    how : {"isotropic", "coordinate", None}
+        ``"isotropic"`` (default) centres and divides by one scale so that the average variance is 1;
+        ``"coordinate"`` gives every coordinate mean 0 and variance 1; None returns ``x`` as float64 unchanged.
+
+    Returns
+    -------
+    numpy.ndarray
+        The standardised data, float64, shape (n, D).
+
+    Raises
+    ------
+    ValueError
+        For an unknown ``how``, or data with zero variance (in some coordinate, for ``"coordinate"``).
+    """
     x = np.asarray(x, dtype=np.float64)
     if how is None:
         return x

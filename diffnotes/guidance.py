@@ -175,6 +175,17 @@ class NullExtendedScore:
     ``s(x, y, t)`` is ``cond_score(x, y, t)`` for class ids and ``score(x, t)`` where ``y == null_label``: the form of
     a network trained with label dropout, built here from two known scores (e.g. an exact target's
     ``conditional_score`` and ``score``).
+
+    Parameters
+    ----------
+    cond_score : callable
+        The conditional score ``cond_score(x, y, t)`` used for the class ids.
+    score : callable
+        The unconditional score ``score(x, t)`` used at the null label.
+    null_label : int
+        The label that selects ``score``; must not be a class id 0..C-1 when ``n_classes`` is given.
+    n_classes : int, optional
+        Number of classes C (only used to check ``null_label``).
     """
 
     def __init__(self, cond_score: Callable, score: Callable, null_label: int, n_classes: int | None = None):
@@ -211,6 +222,23 @@ def with_null_label(cond_score: Callable, score: Callable, null_label: int | Non
     For an exact target: ``with_null_label(target.conditional_score, target.score, n_classes=target.n_classes)``
     is the ideal classifier-free-guidance network, :math:`s(x, \varnothing, t) = \nabla\log p_t(x)` (review Section
     5.1; :cite:p:`ho2022classifier`).  The null label defaults to C = ``n_classes``.
+
+    Parameters
+    ----------
+    cond_score : callable
+        The conditional score ``cond_score(x, y, t)``.
+    score : callable
+        The unconditional score ``score(x, t)``.
+    null_label : int, optional
+        The null label (default ``n_classes``); not a class id.
+    n_classes : int, optional
+        Number of classes C; read from ``cond_score.n_classes`` (or its bound object's) when not given.  One of
+        ``null_label`` and ``n_classes`` must be known (``TypeError`` otherwise).
+
+    Returns
+    -------
+    NullExtendedScore
+        The joined score ``s(x, y, t)``.
     """
     if n_classes is None:
         n_classes = getattr(cond_score, "n_classes", getattr(getattr(cond_score, "__self__", None), "n_classes", None))
@@ -354,6 +382,17 @@ def clean_log_classifier(target) -> Callable:
     the classifier of *undiffused* data that universal guidance evaluates at :math:`\hat x_0` (inventory claim
     T22; review Section 5.1; :cite:p:`bansal2023universal`).  Returns ``f(x)`` with (n, C) log-probabilities.  The
     covariances must be non-singular (not a :class:`~diffnotes.targets.SubspaceMixture`).
+
+    Parameters
+    ----------
+    target : diffnotes.targets.GaussianMixture
+        A labelled Gaussian mixture (attributes ``weights``, ``means``, ``covs``, ``labels``; ``TypeError``
+        otherwise) with full-rank covariances (``ValueError`` for a subspace mixture).
+
+    Returns
+    -------
+    callable
+        ``f(x)``: log-probabilities (n, C) of the classes for points x (n, D); ``f.n_classes`` is C.
     """
     for attr in ("weights", "means", "covs", "labels"):
         if not hasattr(target, attr):
@@ -412,7 +451,20 @@ class NoisyClassifier(nn.Module):
             self.net = _mlp(self.dim + self.embedding.n_features, int(hidden), int(depth), self.n_classes)
 
     def forward(self, x: torch.Tensor, t) -> torch.Tensor:
-        """Log-probabilities (n, C) of the classes given x (n, D) at times t (a float or (n,))."""
+        """Log-probabilities (n, C) of the classes given x (n, D) at times t (a float or (n,)).
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Points, shape (n, D).
+        t : float or torch.Tensor
+            One time, or one per row.
+
+        Returns
+        -------
+        torch.Tensor
+            Log-probabilities, shape (n, C), in the dtype and on the device of ``x``.
+        """
         x = _checks.points(x, "x", self.dim)
         p = _param_like(self)
         xp = x.to(dtype=p.dtype, device=p.device)
@@ -433,6 +485,34 @@ def noisy_classifier_loss(classifier: Callable, x0: torch.Tensor, y, t0: float =
     minimised by the exact posterior :math:`c_t(y\mid x) = P(Y = y\mid X_t = x)` (review Section 5.1;
     :cite:p:`dhariwal2021diffusion`).  Arguments as in :func:`diffnotes.losses.dsm_loss`; ``classifier(x, t)``
     returns (n, C) log-probabilities and ``y`` holds (n,) integer labels.
+
+    Parameters
+    ----------
+    classifier : callable
+        ``classifier(x, t)`` returning (n, C) log-probabilities (e.g. a :class:`NoisyClassifier`).
+    x0 : torch.Tensor
+        Clean data, shape (n, D).
+    y : array_like of int
+        One label per row of ``x0``, shape (n,), integers >= 0.
+    t0 : float
+        Early-stopping time, :math:`0 < t_0 < T` (default 1e-3).
+    T : float, optional
+        Horizon, in (0, sde.T] (default ``sde.T``).
+    sde : VPSDE, optional
+        The forward process (default :class:`~diffnotes.sde.ConstantVP`).
+    generator : int, torch.Generator or numpy.random.Generator, optional
+        Source of the times and noise.
+    t : float or torch.Tensor, optional
+        Given times (one, or one per row), replacing the uniform draws on [t0, T].
+    eps : torch.Tensor, optional
+        Given noise shaped like ``x0``, replacing the Gaussian draws.
+    reduction : {"mean", "none"}
+        Return the batch mean (a scalar) or the per-sample terms (n,).
+
+    Returns
+    -------
+    torch.Tensor
+        The cross-entropy.
     """
     generator = _checks.generator(generator)
     sde = _checks.sde_or_default(sde)
@@ -524,6 +604,20 @@ def ddpm_step_factors(mixture, grid, eta: float) -> torch.Tensor:
 
     A step with :math:`d < -1` makes the centre repelling: the middle component splits (review Fig. 7; book chapter
     *The strength of guidance*).  Returns one factor per step, shape (N,).
+
+    Parameters
+    ----------
+    mixture : diffnotes.targets.GaussianMixture
+        One-dimensional, components of equal variance.
+    grid : array_like
+        A decreasing grid of at least two times (as :func:`~diffnotes.samplers.time_grid` returns).
+    eta : float
+        The guidance strength, finite and >= 0.
+
+    Returns
+    -------
+    torch.Tensor
+        :math:`d(t_k)` for each of the N steps, float64.
     """
     eta = float(_check_strength(eta))
     t, beta, v = _step_terms(mixture, grid)
@@ -532,6 +626,19 @@ def ddpm_step_factors(mixture, grid, eta: float) -> torch.Tensor:
 
 def split_threshold(mixture, grid) -> float:
     r"""The smallest guidance strength at which some step of the grid has :math:`d(t_k) < -1` (see
-    :func:`ddpm_step_factors`): :math:`\eta_c = \min_k \big((1 + \sqrt{1-\beta_k})v_k/\beta_k - 1\big)/c(t_k)`."""
+    :func:`ddpm_step_factors`): :math:`\eta_c = \min_k \big((1 + \sqrt{1-\beta_k})v_k/\beta_k - 1\big)/c(t_k)`.
+
+    Parameters
+    ----------
+    mixture : diffnotes.targets.GaussianMixture
+        One-dimensional, components of equal variance.
+    grid : array_like
+        A decreasing grid of at least two times (as :func:`~diffnotes.samplers.time_grid` returns).
+
+    Returns
+    -------
+    float
+        The threshold :math:`\eta_c`.
+    """
     t, beta, v = _step_terms(mixture, grid)
     return float((((1 + torch.sqrt(1 - beta)) * v / beta - 1) / centre_stiffness(mixture, t)).min())

@@ -801,7 +801,18 @@ def noise_floor(metric: Callable, sample: Callable, n: int, repeats: int = 10, g
 
 
 class PermutationTest(NamedTuple):
-    """Result of :func:`energy_permutation_test`: the observed statistic, its permutation null, the p-value."""
+    """Result of :func:`energy_permutation_test`: the observed statistic, its permutation null, the p-value.
+
+    Parameters
+    ----------
+    statistic : float
+        The energy distance of the observed labelling.
+    null : numpy.ndarray
+        The energy distances of the ``n_permutations`` random relabellings, shape (n_permutations,).
+    pvalue : float
+        The fraction of the ``n_permutations + 1`` distances (the observed one included) at least as large as the
+        observed one, in (0, 1].
+    """
 
     statistic: float
     null: np.ndarray
@@ -818,6 +829,22 @@ def energy_permutation_test(x, y, n_permutations: int = 200, generator=None, *,
     the cost is one :math:`(n_x+n_y)^2` matrix and one matrix product.  :cite:p:`szekely2013energy`.
     The labellings are drawn from ``generator`` (an int seed, a numpy or torch generator; ``None``: fresh entropy;
     ``rng`` is its deprecated former name).
+
+    Parameters
+    ----------
+    x, y : array_like or torch.Tensor
+        The two samples, shaped (n, D) or (n,) (dimension one), of the same dimension and at least 2 points each.
+    n_permutations : int
+        Number of random relabellings, a positive integer (default 200).
+    generator : int, numpy.random.Generator or torch.Generator, optional
+        Source of the relabellings.
+    rng : optional
+        Deprecated former name of ``generator`` (a DeprecationWarning; passing both is a TypeError).
+
+    Returns
+    -------
+    PermutationTest
+        The observed statistic, the permutation null and the p-value.
     """
     x, y = _two_samples(x, y, min_n=2)
     n_permutations = _checks.positive_int(n_permutations, "n_permutations", error=TypeError)

@@ -400,7 +400,23 @@ def gaussian_output_law_full(sampler, target: Gaussian, times, *, start_mean=0.0
 
 
 class PathKL(NamedTuple):
-    r"""The exact grid path KL of :func:`gaussian_path_kl`, its parts, and the sampler's output law."""
+    r"""The exact grid path KL of :func:`gaussian_path_kl`, its parts, and the sampler's output law.
+
+    Parameters
+    ----------
+    total : float
+        The whole divergence: ``start + steps.sum()``.
+    start : float
+        The initialisation term :math:`\mathrm{KL}(P_T \,\|\, \mathsf N(m_0, V_0))`.
+    steps : torch.Tensor
+        The expected conditional divergence of every step, shape (N,).
+    marginal : float
+        The divergence of the final marginals, :math:`\mathrm{KL}(P_{\tau_N} \,\|\, Q_N) \le` ``total``.
+    mean : torch.Tensor
+        Mean (D,) of the sampler's output law :math:`Q_N`.
+    cov : torch.Tensor
+        Covariance (D, D) of the sampler's output law.
+    """
 
     #: The whole divergence: ``start + steps.sum()``.
     total: float

@@ -97,7 +97,7 @@ class VPSDE:
         Parameters
         ----------
         t : float or torch.Tensor
-            Time(s) in [0, T] (not checked here; see :meth:`check_time`).
+            Time(s) in [0, T] (not checked here; see :meth:`VPSDE.check_time`).
 
         Returns
         -------

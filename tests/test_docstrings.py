@@ -7,7 +7,7 @@
 * a function or a public method (defined in the class body, staticmethods and classmethods included): its own
   docstring has a ``Parameters`` section naming every parameter of its signature;
 * a class: its docstring (or its ``__init__``'s) has a ``Parameters`` section naming every argument of the
-  constructor; a dataclass may list its fields under ``Attributes`` instead.
+  constructor; a dataclass or a named tuple may list its fields under ``Attributes`` instead.
 
 ``self``/``cls`` and ``*args``/``**kwargs`` are not required.  A section is a heading line followed by a line of
 dashes; a parameter line sits at the section's indentation and reads ``name : type``, ``name`` or ``x, y : float``.
@@ -25,6 +25,13 @@ import pytest
 #: diffnotes.samplers, diffnotes.targets, diffnotes.estimators, diffnotes.networks, diffnotes.discrete.
 DOCUMENTED_MODULES = [
     "diffnotes.sde",
+    "diffnotes.losses",
+    "diffnotes.guidance",
+    "diffnotes.metrics",
+    "diffnotes.oracle",
+    "diffnotes.data",
+    "diffnotes.claims",
+    "diffnotes.inpainting",
 ]
 
 
@@ -94,11 +101,16 @@ def public_names(module) -> list[str]:
     return list(names)
 
 
+def _is_namedtuple(cls) -> bool:
+    return issubclass(cls, tuple) and hasattr(cls, "_fields")
+
+
 def _class_problems(qual: str, cls) -> list[str]:
     problems = []
     init = cls.__dict__.get("__init__")
-    if init is not None or dataclasses.is_dataclass(cls):
-        sections = ("Parameters", "Attributes") if dataclasses.is_dataclass(cls) else ("Parameters",)
+    record = dataclasses.is_dataclass(cls) or _is_namedtuple(cls)
+    if init is not None or record:
+        sections = ("Parameters", "Attributes") if record else ("Parameters",)
         doc = "\n".join(d for d in (cls.__doc__, getattr(init, "__doc__", None)) if d)
         missing = missing_parameters(cls, doc, sections=sections)
         if missing:
