@@ -111,6 +111,18 @@ def sl_time(t, sde: VPSDE | None = None) -> torch.Tensor:
 
     ``t > 0`` may exceed the horizon of ``sde`` (only the schedule is used).  For :class:`~diffnotes.sde.ConstantVP`
     with :math:`g = 1`, :math:`s = 1/(e^t - 1)`.  :cite:p:`montanari2023sampling`.
+
+    Parameters
+    ----------
+    t : float or torch.Tensor
+        OU time(s), finite and > 0.
+    sde : VPSDE, optional
+        The forward process (default :class:`~diffnotes.sde.ConstantVP`).
+
+    Returns
+    -------
+    torch.Tensor
+        The SL time(s) s, float64, shaped like ``t``.
     """
     return torch.exp(_checks.sde_or_default(sde).log_snr(_positive_times(t)))
 
@@ -120,6 +132,18 @@ def ou_time(s, sde: VPSDE | None = None) -> torch.Tensor:
 
     :math:`s \to 0` is :math:`t \to \infty`, so s = 0 is refused.  For :class:`~diffnotes.sde.ConstantVP` with
     :math:`g = 1`, :math:`t = \log(1 + 1/s)`.
+
+    Parameters
+    ----------
+    s : float or torch.Tensor
+        SL time(s), finite and > 0.
+    sde : VPSDE, optional
+        The forward process (default :class:`~diffnotes.sde.ConstantVP`).
+
+    Returns
+    -------
+    torch.Tensor
+        The OU time(s) t, float64, shaped like ``s`` (they may exceed the horizon of ``sde``).
     """
     s = as_time(s).to(torch.float64)
     if not torch.all(torch.isfinite(s)) or not torch.all(s > 0):
@@ -129,7 +153,15 @@ def ou_time(s, sde: VPSDE | None = None) -> torch.Tensor:
 
 
 def sl_scale(t, sde: VPSDE | None = None) -> torch.Tensor:
-    r"""The scale :math:`c(t) = \alpha(t)/h(t) = \sqrt{s/h}` with :math:`Y_s = c(t)\,X_t`."""
+    r"""The scale :math:`c(t) = \alpha(t)/h(t) = \sqrt{s/h}` with :math:`Y_s = c(t)\,X_t`.
+
+    Parameters
+    ----------
+    t : float or torch.Tensor
+        OU time(s), finite and > 0.
+    sde : VPSDE, optional
+        The forward process (default :class:`~diffnotes.sde.ConstantVP`).
+    """
     sde = _checks.sde_or_default(sde)
     t = _positive_times(t)
     return sde.alpha(t) / sde.h(t)
@@ -139,6 +171,15 @@ def ou_to_sl(x: torch.Tensor, t, sde: VPSDE | None = None) -> tuple[torch.Tensor
     r"""Map OU coordinates :math:`(x, t)` to SL coordinates :math:`(y, s) = (c(t)\,x,\ \alpha^2/h)`.
 
     ``t`` is one time or one per row.  Returns ``(y, s)`` with ``s`` shaped like ``t``.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        OU states, shape (n, D).
+    t : float or torch.Tensor
+        One OU time, or one per row, finite and > 0.
+    sde : VPSDE, optional
+        The forward process (default :class:`~diffnotes.sde.ConstantVP`).
     """
     x = _checks.points(x, "x")
     s = sl_time(t, sde)
@@ -146,7 +187,22 @@ def ou_to_sl(x: torch.Tensor, t, sde: VPSDE | None = None) -> tuple[torch.Tensor
 
 
 def sl_to_ou(y: torch.Tensor, s, sde: VPSDE | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    r"""Map SL coordinates :math:`(y, s)`, s > 0, to OU coordinates :math:`(x, t) = (y/c(t),\ t(s))`."""
+    r"""Map SL coordinates :math:`(y, s)`, s > 0, to OU coordinates :math:`(x, t) = (y/c(t),\ t(s))`.
+
+    Parameters
+    ----------
+    y : torch.Tensor
+        SL states, shape (n, D).
+    s : float or torch.Tensor
+        One SL time, or one per row, finite and > 0.
+    sde : VPSDE, optional
+        The forward process (default :class:`~diffnotes.sde.ConstantVP`).
+
+    Returns
+    -------
+    (torch.Tensor, torch.Tensor)
+        ``(x, t)``: the OU states shaped like ``y`` and the OU times shaped like ``s``.
+    """
     y = _checks.points(y, "y")
     t = ou_time(s, sde)
     return y / _checks.time_column(sl_scale(t, sde), y.shape[0], "s").to(y), t
@@ -191,6 +247,20 @@ def sl_path_to_ou(path: torch.Tensor, s_grid, sde: VPSDE | None = None) -> tuple
 
     The inverse of :func:`ou_path_to_sl`.  The state at :math:`s = 0` (OU time :math:`\infty`) has no OU image:
     drop it first.
+
+    Parameters
+    ----------
+    path : torch.Tensor
+        SL states, a floating tensor of shape (K, n, D).
+    s_grid : array_like or torch.Tensor
+        The K SNRs :math:`s_k > 0` of the states, 1-D.
+    sde : VPSDE, optional
+        The forward process (default :class:`~diffnotes.sde.ConstantVP`).
+
+    Returns
+    -------
+    (torch.Tensor, torch.Tensor)
+        The OU times, shape (K,), and the OU path :math:`X_{t_k} = Y_{s_k}/c(t_k)`, shape (K, n, D).
     """
     path = _check_path(path, "path")
     s_grid = as_time(s_grid).to(torch.float64)
@@ -208,6 +278,22 @@ def localization_grid(s_max: float, n_steps: int, s_min: float | None = None, *,
     ``spacing="logsnr"``).  With ``start_at_zero`` the grid is :math:`0 = s_0 < s_1 = s_{\min} < \dots < s_{\max}`
     (``n_steps + 1`` points: the first step is from 0 to ``s_min``); otherwise it starts at ``s_min``.
     ``s_min`` defaults to :math:`s_{\max}\cdot 10^{-6}`.
+
+    Parameters
+    ----------
+    s_max : float
+        The last SNR, positive and finite.
+    n_steps : int
+        Number of steps, a positive integer.
+    s_min : float, optional
+        The first positive SNR, :math:`0 < s_{\min} < s_{\max}` (default :math:`s_{\max}\cdot 10^{-6}`).
+    start_at_zero : bool
+        Start the grid at s = 0 (default True).
+
+    Returns
+    -------
+    torch.Tensor
+        The increasing grid, float64, ``n_steps + 1`` points.
     """
     s_max = float(s_max)
     if not (math.isfinite(s_max) and s_max > 0):
@@ -237,6 +323,20 @@ def posterior_mean_from_score(score: Callable, sde: VPSDE | None = None, prior_m
     valid for every :math:`s \ge s(T)` (the score is only defined on :math:`(0, T]`).  At :math:`s = 0` the channel
     carries no information and :math:`m_0 = \mathbb E[x]`: give ``prior_mean`` (shape (D,)) to allow rows with
     s = 0.  The returned ``m(y, s)`` takes ``s`` as a scalar or one SNR per row.
+
+    Parameters
+    ----------
+    score : callable
+        The OU score ``score(x, t)`` of the data law under ``sde``.
+    sde : VPSDE, optional
+        The forward process of ``score`` (default :class:`~diffnotes.sde.ConstantVP`).
+    prior_mean : array_like, optional
+        The data mean :math:`\mathbb E[x]`, shape (D,), used at s = 0 (rows with s = 0 are refused without it).
+
+    Returns
+    -------
+    callable
+        ``m(y, s)``: the posterior mean for states y (n, D) at SNRs s >= 0, with :math:`s \ge s(T)` where s > 0.
     """
     if not callable(score):
         raise TypeError("score must be a callable score(x, t)")
@@ -289,6 +389,16 @@ def mixture_posterior_mean(target: GaussianMixture) -> PosteriorMean:
     :math:`s \ge 10^{-304}`), and :math:`m_0 = \mathbb E[x]`.  In closed form it is
     :math:`\sum_k w_k(y)\,[\mu_k + \Sigma_k (s\Sigma_k + I)^{-1}(y - s\mu_k)]` with
     :math:`w_k \propto \pi_k\,\mathsf N(y; s\mu_k, s^2\Sigma_k + sI)`.
+
+    Parameters
+    ----------
+    target : diffnotes.targets.GaussianMixture
+        The data law.
+
+    Returns
+    -------
+    callable
+        ``m(y, s)`` as :func:`posterior_mean_from_score` returns it, defined at s = 0 and at every s >= 1e-304.
     """
     if not isinstance(target, GaussianMixture):
         raise TypeError(f"target must be a GaussianMixture, got {type(target).__name__}")

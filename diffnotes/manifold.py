@@ -140,6 +140,13 @@ class Circle:
 
         the exact rearrangement of :math:`\log\frac1N\sum_j \mathsf N(x; \alpha r u_j, hI)` in which every term is
         of order one.  t in (0, T]: a float or one time per row.  Differentiable in x (autograd).
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Points, shape (n, 2).
+        t : float or torch.Tensor
+            One time, or one per row, in (0, T].
         """
         x = self._check_x(x)
         a, h = self._coefficients(x, t)
@@ -164,6 +171,13 @@ class Circle:
 
         the posterior mean :math:`\mathbb E[X_0 \mid X_t = x]` by Tweedie's formula, with stable log-sum-exp
         weights.  t in (0, T]: a float or one time per row.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Points, shape (n, 2).
+        t : float or torch.Tensor
+            One time, or one per row, in (0, T].
         """
         x = self._check_x(x)
         a, h = self._coefficients(x, t)
@@ -181,6 +195,13 @@ class Circle:
 
         :math:`\kappa = \alpha r|x|/h`; the terms decay so fast in m that three are plenty.  Shape (n,).  The score's
         error is of the order of this number times :math:`\max(N/|x|,\ \alpha r/h)`.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Points, shape (n, 2).
+        t : float or torch.Tensor
+            One time, or one per row, in (0, T].
         """
         x = self._check_x(x)
         a, h = self._coefficients(x, t)
@@ -196,6 +217,13 @@ class Circle:
 
         :math:`I_0^{\rm e}(\kappa) = e^{-\kappa}I_0(\kappa)` is the scaled Bessel function and
         :math:`\kappa = \alpha r|x|/h`.  The reference the quadrature is tested against.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Points, shape (n, 2).
+        t : float or torch.Tensor
+            One time, or one per row, in (0, T].
         """
         x = self._check_x(x)
         a, h = self._coefficients(x, t)
@@ -210,6 +238,13 @@ class Circle:
         Written as :math:`\big((\alpha r)^2 q(\kappa)/h - 1\big)\,x/h` with :math:`q(\kappa) = R(\kappa)/\kappa`
         (:math:`q \to 1/2` at :math:`\kappa = 0`), so it is finite at the origin.  Exact at every t in (0, T],
         however small, at the cost of one pair of Bessel functions per row.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Points, shape (n, 2).
+        t : float or torch.Tensor
+            One time, or one per row, in (0, T].
         """
         x = self._check_x(x)
         a, h = self._coefficients(x, t)
@@ -225,6 +260,18 @@ class Circle:
 
         The exact score is radial, so the tangential component is pure quadrature error; the normal component is
         :math:`-(|x| - \alpha r)/h - 1/(2|x|) + O(h)` near the circle.  Rows at the origin get 0 and 0.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Points, shape (n, 2).
+        t : float or torch.Tensor
+            One time, or one per row, in (0, T].
+
+        Returns
+        -------
+        (torch.Tensor, torch.Tensor)
+            The normal and the tangential components, each shape (n,).
         """
         x = self._check_x(x)
         s = self.score(x, t)
@@ -234,14 +281,37 @@ class Circle:
 
     # -- sampling ------------------------------------------------------------------------------------------
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        r"""Draw n points :math:`r\,u(\Theta)`, :math:`\Theta \sim \mathrm{Unif}[0, 2\pi)`: shape (n, 2), float64."""
+        r"""Draw n points :math:`r\,u(\Theta)`, :math:`\Theta \sim \mathrm{Unif}[0, 2\pi)`: shape (n, 2), float64.
+
+        Parameters
+        ----------
+        n : int
+            Number of points, a positive integer.
+        generator : int, torch.Generator or numpy.random.Generator, optional
+            Source of the angles.
+        """
         generator = _checks.generator(generator)
         n = _checks.positive_int(n, "n", 1)
         theta = 2 * math.pi * torch.rand(n, generator=generator, dtype=torch.float64)
         return self.radius * torch.stack([torch.cos(theta), torch.sin(theta)], dim=1)
 
     def sample_marginal(self, n: int, t, generator: torch.Generator | None = None) -> torch.Tensor:
-        r"""Draw n points of :math:`P_t`: data, then the forward kernel :math:`\alpha x_0 + \sqrt h\,\xi`."""
+        r"""Draw n points of :math:`P_t`: data, then the forward kernel :math:`\alpha x_0 + \sqrt h\,\xi`.
+
+        Parameters
+        ----------
+        n : int
+            Number of points, a positive integer.
+        t : float or torch.Tensor
+            One time, or one per row, in (0, T].
+        generator : int, torch.Generator or numpy.random.Generator, optional
+            Source of the data and of the noise.
+
+        Returns
+        -------
+        torch.Tensor
+            The points, shape (n, 2), float64.
+        """
         generator = _checks.generator(generator)
         return self.sde.marginal_sample(self.sample(n, generator), t, generator)[0]
 
@@ -255,13 +325,30 @@ class Circle:
 
     # -- geometry of samples -------------------------------------------------------------------------------
     def polar(self, x) -> tuple[torch.Tensor, torch.Tensor]:
-        r"""Radii :math:`|x|` and angles in :math:`[0, 2\pi)` of the rows of x, each shape (n,)."""
+        r"""Radii :math:`|x|` and angles in :math:`[0, 2\pi)` of the rows of x, each shape (n,).
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Points, shape (n, 2).
+
+        Returns
+        -------
+        (torch.Tensor, torch.Tensor)
+            The radii and the angles, each shape (n,).
+        """
         x = self._check_x(x)
         angle = torch.remainder(torch.atan2(x[:, 1], x[:, 0]), 2 * math.pi)
         return torch.linalg.vector_norm(x, dim=1), angle
 
     def distance(self, x) -> torch.Tensor:
-        r"""Euclidean distance :math:`\big|\,|x| - r\,\big|` of each row to the circle, shape (n,)."""
+        r"""Euclidean distance :math:`\big|\,|x| - r\,\big|` of each row to the circle, shape (n,).
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Points, shape (n, 2).
+        """
         return (self.polar(x)[0] - self.radius).abs()
 
     # -- closed forms for P_t ----------------------------------------------------------------------------------
@@ -270,6 +357,16 @@ class Circle:
 
         One time t in (0, T].  Its density is :math:`\frac{\rho}{\sigma^2}e^{-(\rho^2+\nu^2)/(2\sigma^2)}
         I_0(\rho\nu/\sigma^2)`.
+
+        Parameters
+        ----------
+        t : float
+            One time in (0, T].
+
+        Returns
+        -------
+        scipy.stats.rv_continuous
+            The frozen Rice law of :math:`|X_t|`.
         """
         a, h = self._scalar_time(t)
         sigma = math.sqrt(h)
@@ -286,6 +383,16 @@ class Circle:
 
         with :math:`b = \nu/\sigma`.  As :math:`t \to 0`: mean :math:`\alpha r + h/(2\alpha r) + O(h^2)` (the circle
         shrunk by :math:`\alpha(t)`), standard deviation :math:`\sqrt{h}\,(1 + O(h))`: the normal-direction spread.
+
+        Parameters
+        ----------
+        t : float
+            One time in (0, T].
+
+        Returns
+        -------
+        (float, float)
+            The mean and the standard deviation of :math:`|X_t|`.
         """
         a, h = self._scalar_time(t)
         sigma, nu = math.sqrt(h), a * self.radius
@@ -302,6 +409,11 @@ class Circle:
         density :math:`f_t` (adaptive quadrature, absolute error below :math:`10^{-12}`).  Equality holds because
         :math:`P_t` is rotation invariant (module docstring).  As :math:`t \to 0` it is
         :math:`\sqrt{2h(t)/\pi}\,(1 + O(\sqrt{h}))`.  One time t in (0, T].
+
+        Parameters
+        ----------
+        t : float
+            One time in (0, T].
         """
         law = self.radial_law(t)
         mean, std = self.radial_moments(t)
@@ -327,6 +439,16 @@ class Circle:
         upper one by projecting radially, then moving the projected points along the circle (:func:`angular_w1`
         of their angles, an exact geodesic distance).  The second term is the Monte Carlo floor of order
         :math:`r/\sqrt n`: it is there even for exact draws of :math:`U_r`.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Points, shape (n, 2).
+
+        Returns
+        -------
+        (float, float)
+            The lower and the upper bound.
         """
         radii, angles = self.polar(x)
         lower = float((radii - self.radius).abs().mean())
@@ -339,6 +461,13 @@ class Circle:
         within :math:`\pi r/(2M)` of :math:`U_r` in :math:`W_1`: that is the largest error of the result.  Cost
         :math:`O(n M)` memory and a network-simplex solve: a few thousand points each is cheap.
         :cite:p:`flamary2021pot`.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Points, shape (n, 2).
+        n_grid : int
+            Number M of grid points standing in for :math:`U_r`, at least 8 (default 2048).
         """
         x = self._check_x(x).detach().cpu().numpy().astype(np.float64)
         m = _checks.positive_int(n_grid, "n_grid", 8)

@@ -32,6 +32,8 @@ DOCUMENTED_MODULES = [
     "diffnotes.data",
     "diffnotes.claims",
     "diffnotes.inpainting",
+    "diffnotes.manifold",
+    "diffnotes.localization",
 ]
 
 
