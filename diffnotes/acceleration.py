@@ -85,6 +85,15 @@ def interpolant(x0: torch.Tensor, z: torch.Tensor, s) -> torch.Tensor:
     r"""The straight interpolant :math:`x_s = (1-s)\,x_0 + s\,z` of rectified flow, s in [0, 1] (one or one per row).
 
     Its velocity :math:`\mathrm dx_s/\mathrm ds = z - x_0` is constant along each pair.  :cite:p:`liu2023flow`.
+
+    Parameters
+    ----------
+    x0 : torch.Tensor
+        Data, shape (n, D).
+    z : torch.Tensor
+        Noise, shaped like ``x0``.
+    s : float or torch.Tensor
+        One interpolation time, or one per row, in [0, 1].
     """
     x0, z = sample(x0, "x0"), sample(z, "z")
     if x0.shape != z.shape:
@@ -181,6 +190,16 @@ def exact_velocity(target: GaussianMixture) -> Callable:
 
     At s = 1 it is :math:`x - \mathbb E x_0`.  Works for :class:`~diffnotes.targets.SubspaceMixture` too when s > 0.
     Returns a callable ``v(x, s)``.  :cite:p:`liu2023flow`; book chapter *Faster sampling*.
+
+    Parameters
+    ----------
+    target : diffnotes.targets.GaussianMixture
+        The data law (a :class:`~diffnotes.targets.SubspaceMixture` needs s > 0).
+
+    Returns
+    -------
+    callable
+        ``v(x, s)`` for x (n, D) and s one time or one per row in [0, 1].
     """
     if not isinstance(target, GaussianMixture):
         raise TypeError(f"target must be a GaussianMixture, got {type(target).__name__}")
@@ -188,7 +207,20 @@ def exact_velocity(target: GaussianMixture) -> Callable:
 
 
 def flow_grid(n_steps: int, s_end: float = 0.0) -> torch.Tensor:
-    """A uniform decreasing grid of ``n_steps + 1`` interpolation times from 1 down to ``s_end`` (in [0, 1))."""
+    """A uniform decreasing grid of ``n_steps + 1`` interpolation times from 1 down to ``s_end`` (in [0, 1)).
+
+    Parameters
+    ----------
+    n_steps : int
+        Number of steps, a positive integer.
+    s_end : float
+        The last time, in [0, 1) (default 0).
+
+    Returns
+    -------
+    torch.Tensor
+        The grid, float64, shape (n_steps + 1,).
+    """
     n_steps = positive_int(n_steps, "n_steps")
     s_end = float(s_end)
     if not 0 <= s_end < 1:
@@ -251,6 +283,20 @@ def reflow_pairs(velocity: Callable, z: torch.Tensor, times=100) -> tuple[torch.
     Returns ``(x0, z)`` with :math:`x_0 = \mathrm{ODE}_v(z)` solved by :func:`flow_euler` on ``times`` (default 100
     steps).  Fitting :func:`rectified_flow_loss` to these pairs (pass both tensors as data) gives the rectified flow
     of the coupling, whose paths are straighter, so fewer Euler steps are needed :cite:p:`liu2023flow`.
+
+    Parameters
+    ----------
+    velocity : callable
+        The flow's velocity ``v(x, s)``.
+    z : torch.Tensor
+        Noise, shape (n, D).
+    times : int or sequence
+        A number of uniform Euler steps (default 100) or a decreasing grid in [0, 1] (see :func:`flow_grid`).
+
+    Returns
+    -------
+    (torch.Tensor, torch.Tensor)
+        ``(x0, z)``: the flow's outputs and a copy of the noise, each shape (n, D).
     """
     z = sample(z, "z")
     return flow_euler(velocity, z, times), z.clone()
@@ -266,6 +312,27 @@ def teacher_pairs(score: Callable, z: torch.Tensor, times, *, sde: VPSDE | None 
     of :func:`fit_student` then learns the map in one evaluation: knowledge distillation of the sampler
     :cite:p:`luhman2021knowledge` (not progressive distillation :cite:p:`salimans2022progressive`, which halves the
     number of steps repeatedly with a two-step DDIM target and is not implemented).  Returns ``(z, x)``.
+
+    Parameters
+    ----------
+    score : callable
+        The teacher's score ``score(x, t)``.
+    z : torch.Tensor
+        Noise at the first time of ``times``, shape (n, D).
+    times : sequence
+        The teacher's strictly decreasing grid, from at most T down to the early-stopping time t0 > 0.
+    sde : VPSDE, optional
+        The forward process (default :class:`~diffnotes.sde.ConstantVP`).
+    sampler : callable
+        A deterministic sampler of :mod:`diffnotes.samplers` (default
+        :func:`~diffnotes.samplers.exponential_multistep`).
+    **options
+        Passed to the sampler; ``generator`` and ``noise`` are refused (``TypeError``): the teacher is deterministic.
+
+    Returns
+    -------
+    (torch.Tensor, torch.Tensor)
+        ``(z, x)``: a copy of the noise and the teacher's outputs, each shape (n, D).
     """
     z = sample(z, "z")
     if not callable(sampler):
@@ -281,6 +348,17 @@ def distillation_loss(student: Callable, z: torch.Tensor, x: torch.Tensor, *, ge
     r"""Regression of a one-step student on teacher pairs: :math:`\frac1n\sum_i\|G(z_i) - x_i\|_2^2`.
 
     ``generator`` is accepted (and unused) so the loss plugs into :func:`~diffnotes.training.train`.
+
+    Parameters
+    ----------
+    student : callable
+        The one-step generator ``G(z)``, returning a tensor shaped like z.
+    z, x : torch.Tensor
+        The teacher pairs, each shape (n, D).
+    generator : optional
+        Unused (checked to be a valid generator argument).
+    reduction : {"mean", "none"}
+        Batch mean, or the per-sample terms.
     """
     generator = _checks.generator(generator)
     z, x = sample(z, "z"), sample(x, "x")
@@ -294,6 +372,15 @@ class StudentMLP(nn.Module):
 
     ``generator`` (an int, a torch or a numpy generator) is the source of the initial weights
     (:func:`~diffnotes.networks.seeded`); by default torch's global generator.
+
+    Parameters
+    ----------
+    dim : int
+        Data dimension D.
+    hidden, depth : int
+        Width and number of hidden layers of the MLP (defaults 64 and 2), positive integers.
+    generator : int, torch.Generator or numpy.random.Generator, optional
+        Source of the initial weights.
     """
 
     def __init__(self, dim: int, hidden: int = 64, depth: int = 2, *, generator=None):
@@ -303,7 +390,13 @@ class StudentMLP(nn.Module):
             self.dim, self.net = dim, _mlp(dim, hidden, depth, dim)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        """G(z) for z of shape (n, dim), in the dtype of z."""
+        """G(z) for z of shape (n, dim), in the dtype of z.
+
+        Parameters
+        ----------
+        z : torch.Tensor
+            Noise, shape (n, dim).
+        """
         z = sample(z, "z")
         if z.shape[1] != self.dim:
             raise ValueError(f"z must have {self.dim} columns, got {z.shape[1]}")
@@ -313,7 +406,24 @@ class StudentMLP(nn.Module):
 
 def fit_student(student: nn.Module, z: torch.Tensor, x: torch.Tensor, *, steps: int, **train_options) -> TrainResult:
     """Fit a student ``G`` to teacher pairs ``(z, x)`` with :func:`distillation_loss` and
-    :func:`~diffnotes.training.train` (its options, e.g. ``lr``, ``batch_size``, ``generator``, ``progress``)."""
+    :func:`~diffnotes.training.train` (its options, e.g. ``lr``, ``batch_size``, ``generator``, ``progress``).
+
+    Parameters
+    ----------
+    student : torch.nn.Module
+        The one-step generator, e.g. a :class:`StudentMLP`.
+    z, x : torch.Tensor
+        The teacher pairs (see :func:`teacher_pairs`), each shape (n, D).
+    steps : int
+        Number of optimisation steps.
+    **train_options
+        Passed to :func:`~diffnotes.training.train`.
+
+    Returns
+    -------
+    diffnotes.training.TrainResult
+        The losses and the trained student.
+    """
     z, x = sample(z, "z"), sample(x, "x")
     if z.shape != x.shape:
         raise ValueError(f"z and x must have the same shape, got {tuple(z.shape)} and {tuple(x.shape)}")
@@ -367,7 +477,18 @@ class ConsistencyModel(nn.Module):
         return torch.sqrt(torch.expm1(self.sde.integral(t)))  # sqrt(h) / alpha
 
     def coefficients(self, t) -> tuple[torch.Tensor, torch.Tensor]:
-        r""":math:`c_{\rm skip}(t)` and :math:`c_{\rm out}(t)`; exactly 1 and 0 at :math:`t_0`."""
+        r""":math:`c_{\rm skip}(t)` and :math:`c_{\rm out}(t)`; exactly 1 and 0 at :math:`t_0`.
+
+        Parameters
+        ----------
+        t : float or torch.Tensor
+            Time(s) in :math:`[t_0, T]` (a time within a relative 1e-6 of :math:`t_0` counts as :math:`t_0`).
+
+        Returns
+        -------
+        (torch.Tensor, torch.Tensor)
+            :math:`c_{\rm skip}(t)` and :math:`c_{\rm out}(t)`, float64, shaped like ``t``.
+        """
         t = as_time(t).to(torch.float64)
         at_t0 = (t - self.t0).abs() <= _T0_RTOL * self.t0  # t0 up to the rounding of a float32 time
         if torch.any((t < self.t0) & ~at_t0) or torch.any(t > self.sde.T * (1 + 1e-12)):
@@ -378,7 +499,15 @@ class ConsistencyModel(nn.Module):
         return sd**2 / (u**2 + sd**2), sd * u / torch.sqrt(u**2 + sd**2)
 
     def forward(self, x: torch.Tensor, t) -> torch.Tensor:
-        """f(x, t) for x (n, D) and t one time or one per row, in [t0, T]."""
+        """f(x, t) for x (n, D) and t one time or one per row, in [t0, T].
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Points, shape (n, D).
+        t : float or torch.Tensor
+            One time, or one per row, in [t0, T].
+        """
         x = sample(x, "x")
         t = as_time(t).to(torch.float64)  # a Python float stays exact
         t = t.expand(x.shape[0]) if t.ndim == 0 else t
@@ -457,6 +586,22 @@ def consistency_sample(model: ConsistencyModel, x, times=None, *, generator: tor
     from T.  Each step is one network evaluation.  Returns :math:`\hat x` (and the estimates after each step).
     ``noise(like)``, if given, replaces the Gaussian draws :math:`\xi` (one call a step after the first), as in
     :mod:`diffnotes.samplers`, whose loop (start, noise, trajectory, finite check) this sampler shares.
+
+    Parameters
+    ----------
+    model : ConsistencyModel
+        The consistency function.
+    x : torch.Tensor or tuple
+        The start :math:`x_T`, shape (n, D), or its shape (then drawn from :math:`\mathsf N(0, I)` with
+        ``generator``).
+    times : sequence, optional
+        A strictly decreasing grid in :math:`(t_0, T]` (default None: the one time T).
+    generator : int, torch.Generator or numpy.random.Generator, optional
+        Source of the start (when only its shape is given) and of the noise.
+    noise : callable, optional
+        ``noise(like)`` replacing the Gaussian draws.
+    return_trajectory : bool
+        Also return the estimates after each step.
     """
     if not isinstance(model, ConsistencyModel):
         raise TypeError(f"model must be a ConsistencyModel, got {type(model).__name__}")
@@ -482,7 +627,15 @@ def consistency_sample(model: ConsistencyModel, x, times=None, *, generator: tor
 class PCAEncoder:
     r"""A linear encoder :math:`E(x) = V^\top(x - \mu)` and decoder :math:`D(z) = \mu + Vz`, V with orthonormal
     columns (D x k).  :math:`D(E(x)) = x` exactly for x in :math:`\mu + \mathrm{span}(V)`: the autoencoder of latent
-    diffusion :cite:p:`rombach2022high` in its simplest, linear form (review Sections 2.1 and 4.2)."""
+    diffusion :cite:p:`rombach2022high` in its simplest, linear form (review Sections 2.1 and 4.2).
+
+    Parameters
+    ----------
+    mean : array_like
+        The centre :math:`\mu`, shape (D,).
+    components : array_like
+        V, shape (D, k) with k <= D and orthonormal columns (to 1e-8).
+    """
 
     def __init__(self, mean, components):
         mean = as_time(mean).to(torch.float64)
@@ -505,14 +658,26 @@ class PCAEncoder:
         return self.components.shape[1]
 
     def encode(self, x) -> torch.Tensor:
-        """Codes :math:`V^\\top(x - \\mu)`, shape (n, k)."""
+        """Codes :math:`V^\\top(x - \\mu)`, shape (n, k).
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Points, shape (n, D).
+        """
         x = sample(x, "x")
         if x.shape[1] != self.dim:
             raise ValueError(f"x must have {self.dim} columns, got {x.shape[1]}")
         return (x - self.mean.to(x)) @ self.components.to(x)
 
     def decode(self, z) -> torch.Tensor:
-        r"""Points :math:`\mu + Vz`, shape (n, D)."""
+        r"""Points :math:`\mu + Vz`, shape (n, D).
+
+        Parameters
+        ----------
+        z : torch.Tensor
+            Codes, shape (n, k).
+        """
         z = sample(z, "z")
         if z.shape[1] != self.latent_dim:
             raise ValueError(f"z must have {self.latent_dim} columns, got {z.shape[1]}")
@@ -524,7 +689,15 @@ class PCAEncoder:
 
 def fit_pca(x, k: int) -> PCAEncoder:
     """The PCA encoder of the top-k principal directions of the sample x (n, D): the sample mean and the leading
-    right singular vectors of the centred data."""
+    right singular vectors of the centred data.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        The sample, shape (n, D).
+    k : int
+        Number of principal directions, 1 <= k <= D.
+    """
     x = sample(x, "x").to(torch.float64)
     k = positive_int(k, "k")
     if k > x.shape[1]:
@@ -541,6 +714,18 @@ def latent_target(encoder: PCAEncoder, target: SubspaceMixture) -> GaussianMixtu
     :math:`E(x) = Rz - V^\top\mu`: the latent mixture rotated and shifted (means :math:`R\mu_k - V^\top\mu`,
     covariances :math:`R\Sigma_kR^\top`), diffused by the same forward process.  Its score is then the exact latent
     score.  Raises if the encoder's subspace does not contain the data's.
+
+    Parameters
+    ----------
+    encoder : PCAEncoder
+        The encoder, with k equal to the subspace dimension d and D the data dimension.
+    target : diffnotes.targets.SubspaceMixture
+        The data law on a subspace; ``span(V)`` must equal ``span(A)`` (``ValueError`` otherwise).
+
+    Returns
+    -------
+    diffnotes.targets.GaussianMixture
+        The exact law of the codes, with the forward process of ``target``'s latent mixture.
     """
     if not isinstance(encoder, PCAEncoder):
         raise TypeError(f"encoder must be a PCAEncoder, got {type(encoder).__name__}")
@@ -567,6 +752,30 @@ def latent_sample(encoder: PCAEncoder, latent_score: Callable, x, times, *, samp
     ``x`` being the latent start (n, k) or its shape.  Every score evaluation costs a k-dimensional network instead of
     a D-dimensional one, and the stiff orthogonal term :math:`-(I - AA^\top)x/h(t)` of the ambient score (review
     Section 4.1) never appears: the output lies on the encoder's subspace exactly :cite:p:`rombach2022high`.
+
+    Parameters
+    ----------
+    encoder : PCAEncoder
+        The decoder of the codes.
+    latent_score : callable
+        The score ``s(z, t)`` of the codes' diffused law.
+    x : torch.Tensor or tuple
+        The latent start, shape (n, k), or its shape (then drawn from :math:`\mathsf N(0, I_k)` with ``generator``).
+    times : sequence
+        The sampler's strictly decreasing time grid.
+    sampler : callable
+        A sampler of :mod:`diffnotes.samplers` (default :func:`~diffnotes.samplers.exponential_multistep`).
+    sde : VPSDE, optional
+        The forward process (default :class:`~diffnotes.sde.ConstantVP`).
+    generator : int, torch.Generator or numpy.random.Generator, optional
+        Source of the start and of the sampler's noise.
+    **options
+        Passed to the sampler.
+
+    Returns
+    -------
+    torch.Tensor
+        The decoded samples, shape (n, D).
     """
     generator = _checks.generator(generator)
     if not isinstance(encoder, PCAEncoder):

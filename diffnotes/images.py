@@ -112,12 +112,24 @@ PIXEL_MAX = 16.0
 
 # -- data ----------------------------------------------------------------------------------------------------------
 def to_unit(pixels):
-    r"""Grey levels :math:`v\in[0, 16]` to the model's scale :math:`x = v/8 - 1\in[-1, 1]` (tensor or array)."""
+    r"""Grey levels :math:`v\in[0, 16]` to the model's scale :math:`x = v/8 - 1\in[-1, 1]` (tensor or array).
+
+    Parameters
+    ----------
+    pixels : torch.Tensor, numpy.ndarray or float
+        Grey levels (not checked or clipped).
+    """
     return pixels / (PIXEL_MAX / 2) - 1.0
 
 
 def to_pixels(x):
-    r"""The inverse of :func:`to_unit`, :math:`v = 8(x + 1)`, clipped to the grey-level range [0, 16]."""
+    r"""The inverse of :func:`to_unit`, :math:`v = 8(x + 1)`, clipped to the grey-level range [0, 16].
+
+    Parameters
+    ----------
+    x : torch.Tensor, numpy.ndarray or float
+        Values on the model's scale.
+    """
     v = (x + 1.0) * (PIXEL_MAX / 2)
     return v.clamp(0.0, PIXEL_MAX) if isinstance(v, torch.Tensor) else np.clip(v, 0.0, PIXEL_MAX)
 
@@ -127,6 +139,15 @@ def check_images(x, name: str = "x", *, min_n: int = 1) -> torch.Tensor:
 
     Raises ``TypeError`` for what is not a floating torch tensor, ``ValueError`` for another image size, fewer than
     ``min_n`` images (an empty batch) or NaN/infinite entries; the messages name the argument.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        The digits, a floating tensor shaped (n, 64), (n, 8, 8) or (n, 1, 8, 8).
+    name : str
+        The argument's name in the error messages (default ``"x"``).
+    min_n : int
+        The fewest images accepted (default 1).
     """
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch tensor of digits shaped (n, 64), (n, 8, 8) or (n, 1, 8, 8), got "
@@ -142,7 +163,17 @@ def check_images(x, name: str = "x", *, min_n: int = 1) -> torch.Tensor:
 
 
 def check_classes(y, n: int | None = None, name: str = "y") -> torch.Tensor:
-    """Digit labels (an int, or one per row) as a long (n,) tensor with values in 0..9; anything else raises."""
+    """Digit labels (an int, or one per row) as a long (n,) tensor with values in 0..9; anything else raises.
+
+    Parameters
+    ----------
+    y : int or array_like of int
+        One label for every row, or one per row; not empty.
+    n : int, optional
+        The number of rows (default: the length of ``y``, or 1 for a single label).
+    name : str
+        The argument's name in the error messages (default ``"y"``).
+    """
     if isinstance(y, (list, tuple, np.ndarray, torch.Tensor)) and len(y) == 0:
         raise ValueError(f"{name} is empty: at least one label is needed")
     if n is None:
@@ -257,7 +288,17 @@ class ConditionalUNet(UNet):
         return self.n_classes
 
     def forward(self, x: torch.Tensor, y, t) -> torch.Tensor:
-        """The output for flat images x (n, C*H*W), labels y (an int or (n,) ints in 0..C, C null) and times t."""
+        """The output for flat images x (n, C*H*W), labels y (an int or (n,) ints in 0..C, C null) and times t.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Flat images, shape (n, C*H*W).
+        y : int or array_like of int
+            One label, or one per row, in 0..C (C is the null label).
+        t : float or torch.Tensor
+            One time, or one per row.
+        """
         x = _checks.points(x, "x", self.dim)
         p = _param_like(self)
         n = x.shape[0]
@@ -469,30 +510,64 @@ class DigitClassifier(nn.Module):
             self.head = nn.Linear(self.n_features, N_CLASSES)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Penultimate-layer features :math:`\\phi(x)`, (n, n_features), of digits (n, 64) on the [-1, 1] scale."""
+        """Penultimate-layer features :math:`\\phi(x)`, (n, n_features), of digits (n, 64) on the [-1, 1] scale.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Digits, shaped as :func:`check_images` accepts.
+        """
         x = check_images(x, "x")
         p = _param_like(self)
         return self.body(x.to(dtype=p.dtype, device=p.device).reshape(-1, *IMAGE_SHAPE))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The ten logits, shape (n, 10)."""
+        """The ten logits, shape (n, 10).
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Digits, shaped as :func:`check_images` accepts.
+        """
         return self.head(self.features(x))
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> torch.Tensor:
-        """The most probable class of each image, (n,) long."""
+        """The most probable class of each image, (n,) long.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Digits, shaped as :func:`check_images` accepts.
+        """
         return self(x).argmax(dim=1).cpu()
 
     @torch.no_grad()
     def confidence(self, x: torch.Tensor, y) -> torch.Tensor:
-        """The predicted probability :math:`c(y\\mid x)` of the given classes, (n,) float64."""
+        """The predicted probability :math:`c(y\\mid x)` of the given classes, (n,) float64.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Digits, shaped as :func:`check_images` accepts.
+        y : int or array_like of int
+            One class, or one per image, in 0..9.
+        """
         x = check_images(x, "x")
         y = check_classes(y, x.shape[0])
         return torch.softmax(self(x).double(), dim=1).cpu().gather(1, y[:, None]).squeeze(1)
 
     @torch.no_grad()
     def accuracy(self, x: torch.Tensor, y) -> float:
-        """The fraction of images classified as their class ``y``."""
+        """The fraction of images classified as their class ``y``.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Digits, shaped as :func:`check_images` accepts.
+        y : int or array_like of int
+            One class, or one per image, in 0..9.
+        """
         x = check_images(x, "x")
         y = check_classes(y, x.shape[0])
         return float((self.predict(x) == y).double().mean())
@@ -548,7 +623,18 @@ def _features(a, name: str, min_n: int = 2) -> np.ndarray:
 
 
 def fit_gaussian(features) -> tuple[np.ndarray, np.ndarray]:
-    """The mean (d,) and the unbiased covariance (d, d) of features (n, d), n >= 2, as float64 arrays."""
+    """The mean (d,) and the unbiased covariance (d, d) of features (n, d), n >= 2, as float64 arrays.
+
+    Parameters
+    ----------
+    features : array_like or torch.Tensor
+        Finite features, shape (n, d), n >= 2.
+
+    Returns
+    -------
+    (numpy.ndarray, numpy.ndarray)
+        The mean (d,) and the covariance (d, d).
+    """
     f = _features(features, "features")
     return f.mean(axis=0), np.atleast_2d(np.cov(f, rowvar=False))
 
@@ -603,7 +689,13 @@ def frechet_distance(m1, S1, m2, S2) -> float:
 
 
 def feature_frechet_distance(a, b) -> float:
-    """The Frechet distance between Gaussian fits (:func:`fit_gaussian`) to two sets of features (n, d), (m, d)."""
+    """The Frechet distance between Gaussian fits (:func:`fit_gaussian`) to two sets of features (n, d), (m, d).
+
+    Parameters
+    ----------
+    a, b : array_like or torch.Tensor
+        Finite features, shapes (n, d) and (m, d), each with at least 2 rows.
+    """
     fa, fb = _features(a, "a"), _features(b, "b")
     if fa.shape[1] != fb.shape[1]:
         raise ValueError(f"a and b must have the same feature dimension, got {fa.shape[1]} and {fb.shape[1]}")
@@ -712,7 +804,15 @@ def _numpy_rng(generator) -> np.random.Generator:
 
 # -- memorisation ----------------------------------------------------------------------------------------------------
 def nearest_distances(x, reference) -> torch.Tensor:
-    """Euclidean distance from each row of x (n, D) to its nearest row of ``reference`` (m, D), shape (n,), float64."""
+    """Euclidean distance from each row of x (n, D) to its nearest row of ``reference`` (m, D), shape (n,), float64.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        Digits, shaped as :func:`check_images` accepts.
+    reference : torch.Tensor
+        Reference digits (e.g. the training images), shaped as :func:`check_images` accepts.
+    """
     x = check_images(x, "x").double()
     ref = check_images(reference, "reference").double()
     return torch.cdist(x, ref).min(dim=1).values
@@ -738,7 +838,13 @@ class MemorisationCheck:
 
     def fraction_copied(self, threshold: float = 1 / 3) -> float:
         """The fraction of samples whose nearest training image is closer than ``threshold`` times the nearest test
-        image: near-copies of a training image."""
+        image: near-copies of a training image.
+
+        Parameters
+        ----------
+        threshold : float
+            The ratio d_train / d_test below which a sample counts as a copy, positive and finite (default 1/3).
+        """
         threshold = float(threshold)
         if not (math.isfinite(threshold) and threshold > 0):
             raise ValueError(f"threshold must be a positive number, got {threshold}")

@@ -97,7 +97,22 @@ def _check_mp(n_iter, correction) -> int:
 
 def random_couplings(D: int, op_norm: float, generator: torch.Generator | None = None) -> torch.Tensor:
     r"""A random symmetric matrix A (D, D) with zero diagonal, Gaussian entries, rescaled so that
-    :math:`\|A\|_{op}` equals ``op_norm`` (the review's high-temperature regime is :math:`\|A\|_{op} < 1/4`)."""
+    :math:`\|A\|_{op}` equals ``op_norm`` (the review's high-temperature regime is :math:`\|A\|_{op} < 1/4`).
+
+    Parameters
+    ----------
+    D : int
+        Number of spins, an integer >= 2.
+    op_norm : float
+        The operator norm of the result, finite and >= 0.
+    generator : int, torch.Generator or numpy.random.Generator, optional
+        Source of the Gaussian entries.
+
+    Returns
+    -------
+    torch.Tensor
+        A, float64, shape (D, D).
+    """
     generator = _checks.generator(generator)
     if isinstance(D, bool) or int(D) != D or D < 2:
         raise ValueError(f"D must be an integer >= 2, got {D!r}")
@@ -140,20 +155,46 @@ class IsingModel(SpinModel):
 
     # -- the model (enumeration, sampling and tilted means come from SpinModel) ---------------------------------
     def energy(self, sigma) -> torch.Tensor:
-        r"""The energy :math:`H(\sigma) = -\langle\sigma, A\sigma\rangle` of each row, shape (n,) (beta = 1)."""
+        r"""The energy :math:`H(\sigma) = -\langle\sigma, A\sigma\rangle` of each row, shape (n,) (beta = 1).
+
+        Parameters
+        ----------
+        sigma : torch.Tensor
+            Spins, -1 or +1, shape (n, D).
+        """
         return -self.log_weight(sigma)
 
     def log_weight(self, sigma) -> torch.Tensor:
-        r"""The unnormalised log-probability :math:`\langle\sigma, A\sigma\rangle` of each row, shape (n,)."""
+        r"""The unnormalised log-probability :math:`\langle\sigma, A\sigma\rangle` of each row, shape (n,).
+
+        Parameters
+        ----------
+        sigma : torch.Tensor
+            Spins, -1 or +1, shape (n, D).
+        """
         sigma = self._check_sigma(sigma)
         return ((sigma @ self.A) * sigma).sum(1)
 
     def flip_log_odds(self, sigma, i: int) -> torch.Tensor:
-        r""":math:`\log p(\sigma_i = +1 \mid \sigma_{-i}) / p(\sigma_i = -1 \mid \sigma_{-i}) = 2(J\sigma)_i`, (n,)."""
+        r""":math:`\log p(\sigma_i = +1 \mid \sigma_{-i}) / p(\sigma_i = -1 \mid \sigma_{-i}) = 2(J\sigma)_i`, (n,).
+
+        Parameters
+        ----------
+        sigma : torch.Tensor
+            Spins, -1 or +1, shape (n, D).
+        i : int
+            The spin, in [0, D).
+        """
         return 2 * (self._check_sigma(sigma) @ self.J[:, i])
 
     def field_scale(self, t) -> torch.Tensor:
-        r""":math:`c_t = \alpha(t)/h(t)`, the field per unit of :math:`x_t` in the posterior."""
+        r""":math:`c_t = \alpha(t)/h(t)`, the field per unit of :math:`x_t` in the posterior.
+
+        Parameters
+        ----------
+        t : float or torch.Tensor
+            Time(s) in (0, T].
+        """
         t = self.sde.check_time(t)
         return self.sde.alpha(t) / self.sde.h(t)
 
@@ -164,12 +205,28 @@ class IsingModel(SpinModel):
 
     # -- exact ----------------------------------------------------------------------------------------------
     def denoiser(self, x, t) -> torch.Tensor:
-        r"""Exact posterior mean :math:`\mathbb E[\sigma \mid X_t = x]` by enumeration, (n, D); t in (0, T]."""
+        r"""Exact posterior mean :math:`\mathbb E[\sigma \mid X_t = x]` by enumeration, (n, D); t in (0, T].
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Points, shape (n, D).
+        t : float or torch.Tensor
+            One time, or one per row, in (0, T].
+        """
         y, _, _ = self._field(x, t)
         return self.tilted_mean(y)
 
     def exact_score(self, x, t) -> torch.Tensor:
-        r"""Exact score :math:`\nabla\log p_t(x) = (\alpha\,\mathbb E[\sigma\mid x] - x)/h` (Tweedie), (n, D)."""
+        r"""Exact score :math:`\nabla\log p_t(x) = (\alpha\,\mathbb E[\sigma\mid x] - x)/h` (Tweedie), (n, D).
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Points, shape (n, D).
+        t : float or torch.Tensor
+            One time, or one per row, in (0, T].
+        """
         y, a, h = self._field(x, t)
         return (a * self.tilted_mean(y) - x) / h
 
@@ -187,7 +244,15 @@ class IsingModel(SpinModel):
 
     def marginal_log_prob(self, x, t) -> torch.Tensor:
         r"""Exact :math:`\log p_t(x) = \log\sum_\sigma p(\sigma)\,\mathsf N(x; \alpha\sigma, hI)`, (n,), by
-        enumeration (the brute-force mixture of :math:`2^D` Gaussians)."""
+        enumeration (the brute-force mixture of :math:`2^D` Gaussians).
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Points, shape (n, D).
+        t : float or torch.Tensor
+            One time, or one per row, in (0, T].
+        """
         x = self._check_field(x, "x")
         a, h = self.sde.coefficients(t, x)
         configs, log_w = self._enumerate()
@@ -198,7 +263,15 @@ class IsingModel(SpinModel):
     # -- message passing --------------------------------------------------------------------------------------
     def correction(self, kind: str, m: torch.Tensor | None = None) -> torch.Tensor:
         r"""The diagonal of K for ``kind`` in :data:`CORRECTIONS` ("tap" needs the iterate m (n, D)):
-        returns (D,) or (n, D)."""
+        returns (D,) or (n, D).
+
+        Parameters
+        ----------
+        kind : {"naive", "tap", "tap_linear"}
+            The correction (:data:`CORRECTIONS`).
+        m : torch.Tensor, optional
+            The current iterate (n, D); needed for ``"tap"`` (``ValueError`` otherwise), ignored by the others.
+        """
         if kind == "naive":
             return torch.zeros(self.N, dtype=torch.float64)
         J2 = self.J**2
@@ -214,6 +287,19 @@ class IsingModel(SpinModel):
         r"""Run :math:`m^{\ell+1} = \tanh((J - K)m^\ell + c_t x)` from :math:`m^0 = 0` for ``n_iter`` iterations.
 
         Returns :math:`m^L` (n, D), or with ``return_all`` every iterate, shape (n_iter + 1, n, D).
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Points, shape (n, D).
+        t : float or torch.Tensor
+            One time, or one per row, in (0, T].
+        n_iter : int
+            Number of iterations L, an integer >= 0.
+        correction : {"naive", "tap", "tap_linear"}
+            The correction K (:data:`CORRECTIONS`; default ``"tap"``).
+        return_all : bool
+            Return every iterate (default False).
         """
         n_iter = _check_mp(n_iter, correction)
         y, _, _ = self._field(x, t)
@@ -226,7 +312,20 @@ class IsingModel(SpinModel):
         return torch.stack(out) if return_all else m
 
     def message_passing_score(self, n_iter: int, correction: str = "tap") -> Callable:
-        r"""The score ``score(x, t) = (alpha m^L - x)/h`` that L message-passing iterations give."""
+        r"""The score ``score(x, t) = (alpha m^L - x)/h`` that L message-passing iterations give.
+
+        Parameters
+        ----------
+        n_iter : int
+            Number of iterations L, an integer >= 0.
+        correction : {"naive", "tap", "tap_linear"}
+            The correction K (:data:`CORRECTIONS`; default ``"tap"``).
+
+        Returns
+        -------
+        callable
+            ``score(x, t)`` for x (n, D) and t in (0, T].
+        """
         n_iter = _check_mp(n_iter, correction)
 
         def score(x, t):
@@ -237,7 +336,24 @@ class IsingModel(SpinModel):
 
     def mean_field(self, y, *, tap: bool = False, max_iter: int = 1000, tol: float = 1e-13) -> torch.Tensor:
         r"""The fixed point of naive mean field (or, with ``tap=True``, of the TAP equations) in the external field
-        y (n, D), iterated from 0 until successive iterates differ by at most ``tol`` (at most ``max_iter`` times)."""
+        y (n, D), iterated from 0 until successive iterates differ by at most ``tol`` (at most ``max_iter`` times).
+
+        Parameters
+        ----------
+        y : torch.Tensor
+            External fields, shape (n, D).
+        tap : bool
+            Include the Onsager (TAP) term (default False).
+        max_iter : int
+            Most iterations, a positive integer (default 1000).
+        tol : float
+            Stop when the largest change is at most this, >= 0 (default 1e-13).
+
+        Returns
+        -------
+        torch.Tensor
+            The magnetisations, shape (n, D).
+        """
         y = self._check_field(y)
         if isinstance(max_iter, bool) or int(max_iter) != max_iter or max_iter < 1:
             raise ValueError(f"max_iter must be a positive integer, got {max_iter!r}")
@@ -285,7 +401,17 @@ class MessagePassingResNet(torch.nn.Module):
     @classmethod
     def from_model(cls, model: IsingModel, n_layers: int, correction: str = "tap_linear") -> MessagePassingResNet:
         """The network whose blocks are exactly the iterations of ``model.message_passing`` with a fixed K
-        (``correction`` "naive" or "tap_linear")."""
+        (``correction`` "naive" or "tap_linear").
+
+        Parameters
+        ----------
+        model : IsingModel
+            The model whose iteration the network emulates.
+        n_layers : int
+            Number of residual blocks L, >= 1.
+        correction : {"naive", "tap_linear"}
+            The fixed correction K (default ``"tap_linear"``).
+        """
         if not isinstance(model, IsingModel):
             raise TypeError(f"model must be an IsingModel, got {type(model).__name__}")
         if correction not in ("naive", "tap_linear"):
@@ -309,7 +435,15 @@ class MessagePassingResNet(torch.nn.Module):
 
     def magnetisation(self, x, t) -> torch.Tensor:
         r"""The m-part of the final state, :math:`m^L` (n, D): the network's estimate of
-        :math:`\mathbb E[\sigma\mid x]`."""
+        :math:`\mathbb E[\sigma\mid x]`.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Points, shape (n, D).
+        t : float or torch.Tensor
+            One time, or one per row, in (0, T].
+        """
         x = _checks.points(x, "x", self.D)
         a, h = self.sde.coefficients(t, x)
         D = self.D
@@ -321,7 +455,15 @@ class MessagePassingResNet(torch.nn.Module):
         return u[:, :D]
 
     def forward(self, x, t) -> torch.Tensor:
-        """The score ``(alpha m^L - x)/h`` (n, D)."""
+        """The score ``(alpha m^L - x)/h`` (n, D).
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Points, shape (n, D).
+        t : float or torch.Tensor
+            One time, or one per row, in (0, T].
+        """
         m = self.magnetisation(x, t)
         t = _checks.time_column(as_time(self.sde.check_time(t), like=x), x.shape[0])
         return (self.sde.alpha(t) * m - x) / self.sde.h(t)

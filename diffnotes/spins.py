@@ -82,7 +82,13 @@ def _real(name, value, *, nonneg=False) -> float:
 
 def all_configurations(N: int) -> torch.Tensor:
     r"""All :math:`2^N` configurations of :math:`\{-1,+1\}^N`, shape (2^N, N), float64; row r is the binary expansion
-    of r (bit i set means :math:`\sigma_i = +1`).  N must lie in [1, 16]."""
+    of r (bit i set means :math:`\sigma_i = +1`).  N must lie in [1, 16].
+
+    Parameters
+    ----------
+    N : int
+        Number of spins, an integer in [1, 16] (:data:`MAX_ENUMERATION`).
+    """
     N = _int("N", N, 1, MAX_ENUMERATION)
     r = torch.arange(2**N)
     bits = (r[:, None] >> torch.arange(N)[None, :]) & 1
@@ -94,6 +100,13 @@ class SpinModel:
 
     Subclasses define :meth:`energy` and :meth:`flip_log_odds` (and may override the exact methods with faster
     ones); everything else -- enumeration, tilted means, the OU score, Glauber dynamics -- is generic.
+
+    Parameters
+    ----------
+    N : int
+        Number of spins, an integer >= 1 (the exact methods by enumeration need N <= 16).
+    beta : float
+        Inverse temperature, finite and >= 0.
     """
 
     def __init__(self, N: int, beta: float):
@@ -104,13 +117,26 @@ class SpinModel:
 
     # -- the model -------------------------------------------------------------------------------------------
     def energy(self, sigma: torch.Tensor) -> torch.Tensor:
-        r"""The Hamiltonian :math:`H(\sigma)` of each row, shape (n,)."""
+        r"""The Hamiltonian :math:`H(\sigma)` of each row, shape (n,).
+
+        Parameters
+        ----------
+        sigma : torch.Tensor
+            Spins, -1 or +1, shape (n, N).
+        """
         raise NotImplementedError
 
     def flip_log_odds(self, sigma: torch.Tensor, i: int) -> torch.Tensor:
         r"""The conditional log-odds of spin i, one per row (n,):
 
         :math:`\ell_i = \log \mu(\sigma_i = +1 \mid \sigma_{-i}) / \mu(\sigma_i = -1 \mid \sigma_{-i})`.
+
+        Parameters
+        ----------
+        sigma : torch.Tensor
+            Spins, -1 or +1, shape (n, N) (the value of spin i is ignored).
+        i : int
+            The spin, in [0, N).
         """
         plus, minus = sigma.clone(), sigma.clone()
         plus[:, i], minus[:, i] = 1.0, -1.0
@@ -157,7 +183,15 @@ class SpinModel:
         return np.linspace(-1.0, 1.0, self.N + 1), probs.numpy()
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """n exact draws of the Gibbs measure, shape (n, N)."""
+        """n exact draws of the Gibbs measure, shape (n, N).
+
+        Parameters
+        ----------
+        n : int
+            Number of draws, >= 1.
+        generator : int, torch.Generator or numpy.random.Generator, optional
+            Source of randomness.
+        """
         generator = _checks.generator(generator)
         n = _int("n", n, 1)
         idx = torch.multinomial(self.probabilities(), n, replacement=True, generator=generator)
@@ -165,7 +199,18 @@ class SpinModel:
 
     def tilted_mean(self, y: torch.Tensor) -> torch.Tensor:
         r"""Exact mean of the tilted measure :math:`\mu_y(\sigma) \propto \mu(\sigma)e^{\langle\sigma, y\rangle}`,
-        one field per row of ``y`` (n, N): the SL posterior mean :math:`m_s(y)` for every s.  By enumeration."""
+        one field per row of ``y`` (n, N): the SL posterior mean :math:`m_s(y)` for every s.  By enumeration.
+
+        Parameters
+        ----------
+        y : torch.Tensor
+            External fields, shape (n, N).
+
+        Returns
+        -------
+        torch.Tensor
+            The tilted means, float64, shape (n, N).
+        """
         y = self._check_field(y)
         configs, log_w = self._enumerate()
         out = torch.empty_like(y)
@@ -181,6 +226,18 @@ class SpinModel:
 
         ``method="exact"`` is :meth:`tilted_mean`; ``"mean_field"`` (and ``"tap"`` where the model has it) is
         :meth:`mean_field` from the uninformed start, with ``options`` passed on.
+
+        Parameters
+        ----------
+        method : {"exact", "mean_field", "tap"}
+            How the tilted mean is computed (default ``"exact"``).
+        **options
+            Passed to :meth:`mean_field`.
+
+        Returns
+        -------
+        callable
+            ``m(y, s)``, the posterior mean for fields y (n, N) (it does not depend on s).
         """
         if method == "exact":
             def m(y, s):
@@ -198,6 +255,20 @@ class SpinModel:
 
         With ``method="exact"`` this is the exact score (by enumeration); ``"mean_field"`` / ``"tap"`` give the
         score a mean-field denoiser implies.  ``sde`` defaults to :class:`~diffnotes.sde.ConstantVP`.
+
+        Parameters
+        ----------
+        sde : VPSDE, optional
+            The forward process (default :class:`~diffnotes.sde.ConstantVP`).
+        method : {"exact", "mean_field", "tap"}
+            As in :meth:`posterior_mean` (default ``"exact"``).
+        **options
+            Passed to :meth:`mean_field`.
+
+        Returns
+        -------
+        callable
+            ``score(x, t)`` for x (n, N) and t one time or one per row in (0, T].
         """
         sde = _checks.sde_or_default(sde)
         m = self.posterior_mean(method, **options)
@@ -212,7 +283,28 @@ class SpinModel:
     # -- approximations --------------------------------------------------------------------------------------
     def mean_field(self, y: torch.Tensor, *, tap: bool = False, init=None, damping: float = 0.5,
                    max_iter: int = 500, tol: float = 1e-10) -> torch.Tensor:
-        """Mean-field approximation of :meth:`tilted_mean` (defined by the subclasses)."""
+        """Mean-field approximation of :meth:`tilted_mean` (defined by the subclasses).
+
+        Parameters
+        ----------
+        y : torch.Tensor
+            External fields, shape (n, N).
+        tap : bool
+            Include the Onsager (TAP) correction (default False).
+        init : torch.Tensor, optional
+            Start of the iteration, in [-1, 1] (default 0, the uninformed start).
+        damping : float
+            Damping d in (0, 1] of the iteration (default 0.5).
+        max_iter : int
+            Most iterations, >= 1 (default 500).
+        tol : float
+            Stop when the largest change is at most this, >= 0 (default 1e-10).
+
+        Returns
+        -------
+        torch.Tensor
+            The magnetisations, shape (n, N).
+        """
         raise NotImplementedError
 
     def glauber(self, start, n_sweeps: int, generator: torch.Generator | None = None):
@@ -369,7 +461,15 @@ class CurieWeiss(SpinModel):
         return m.numpy(), torch.softmax(log_binom - self.beta * self._energy_of_m(m), 0).numpy()
 
     def sample(self, n, generator=None):
-        """n exact draws (any N): m from its law, then a uniformly random configuration with that m."""
+        """n exact draws (any N): m from its law, then a uniformly random configuration with that m.
+
+        Parameters
+        ----------
+        n : int
+            Number of draws, >= 1.
+        generator : int, torch.Generator or numpy.random.Generator, optional
+            Source of randomness.
+        """
         generator = _checks.generator(generator)
         n = _int("n", n, 1)
         _, probs = self.magnetization_law()
@@ -384,6 +484,16 @@ class CurieWeiss(SpinModel):
         :math:`e_k(y) = \sum_{|S| = k}\prod_{i\in S} e^{y_i}\prod_{i\notin S} e^{-y_i}`, built site by site in log
         space in :math:`O(N^2)` per row; then :math:`\mathbb E_{\mu_y}\sigma = \nabla_y\log Z(y)` by autograd.
         Agrees with the enumeration of :class:`SpinModel` to round-off (tested).
+
+        Parameters
+        ----------
+        y : torch.Tensor
+            External fields, shape (n, N).
+
+        Returns
+        -------
+        torch.Tensor
+            The tilted means, float64, shape (n, N).
         """
         y = self._check_field(y)
         N = self.N
@@ -425,6 +535,19 @@ class CurieWeiss(SpinModel):
         ``init`` is None or the starting :math:`\bar m` (one number, or one per row, in [-1, 1]).  Returns (n, N).
         Where the equation has several stable solutions (below the transition, or on both sides of a first-order
         transition), the one found depends on ``init``: that choice is the point of the hardness discussion.
+
+        Parameters
+        ----------
+        y : torch.Tensor
+            External fields, shape (n, N).
+        tap : bool
+            Must be False (``ValueError`` otherwise): the TAP correction is not implemented for this model.
+        init : float or torch.Tensor, optional
+            The starting :math:`\bar m`, one number or one per row, in [-1, 1] (default 0).
+        grid : int
+            Number of scan points, >= 2 (default 33).
+        bisections : int
+            Number of bisection steps, >= 0 (default 30).
         """
         if tap:
             raise ValueError("the TAP correction of the Curie-Weiss model is O(1/N); use tap=False (naive mean field)")
@@ -513,6 +636,21 @@ class SherringtonKirkpatrick(SpinModel):
         .. math:: m_i = \tanh\Big(\beta (Jm)_i + \beta B + y_i - \beta^2 m_i \sum_j J_{ij}^2 (1 - m_j^2)\Big),
 
         by damped iteration from ``init`` (default 0, the uninformed start).  Returns (n, N).
+
+        Parameters
+        ----------
+        y : torch.Tensor
+            External fields, shape (n, N).
+        tap : bool
+            Include the Onsager term (default False).
+        init : torch.Tensor, optional
+            Start (n, N) or (N,), in [-1, 1] (default 0).
+        damping : float
+            d in (0, 1] (default 0.5).
+        max_iter : int
+            Most iterations, >= 1 (default 500).
+        tol : float
+            Stop when the largest change is at most this, >= 0 (default 1e-10).
         """
         return tap_mean_field(self.J, self._check_field(y), tap=tap, beta=self.beta, field=self.field, init=init,
                               damping=damping, max_iter=max_iter, tol=tol)

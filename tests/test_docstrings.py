@@ -34,6 +34,10 @@ DOCUMENTED_MODULES = [
     "diffnotes.inpainting",
     "diffnotes.manifold",
     "diffnotes.localization",
+    "diffnotes.acceleration",
+    "diffnotes.spins",
+    "diffnotes.ising",
+    "diffnotes.images",
 ]
 
 
