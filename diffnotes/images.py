@@ -208,11 +208,12 @@ class DigitsSplit:
         return iter((self.x_train, self.y_train, self.x_test, self.y_test))
 
 
-def load_digits_split(test_fraction: float = 0.2, *, seed: int = 0, dtype=torch.float32) -> DigitsSplit:
+def load_digits_split(test_fraction: float = 0.2, *, generator=0, dtype=torch.float32,
+                      seed=_checks.UNSET) -> DigitsSplit:
     r"""The 1797 digits of :func:`sklearn.datasets.load_digits`, split into train and test sets stratified by class.
 
-    Each class is shuffled with ``numpy.random.default_rng(seed)`` and its first ``round(test_fraction * n_c)``
-    images go to the test set, so both sets hold every class in the data's proportions; the default (0.2, seed 0)
+    Each class is shuffled by ``generator`` and its first ``round(test_fraction * n_c)`` images go to the test
+    set, so both sets hold every class in the data's proportions; the default (0.2, generator 0)
     gives 1438 training and 359 test images, the same on every machine.  Grey levels 0..16 are scaled to
     :math:`[-1, 1]` by :func:`to_unit`.  Nothing is downloaded: the data ship inside scikit-learn
     :cite:p:`alpaydin1998optical`.  Book chapter *Images*.
@@ -221,18 +222,23 @@ def load_digits_split(test_fraction: float = 0.2, *, seed: int = 0, dtype=torch.
     ----------
     test_fraction : float
         Fraction of each class held out, in (0, 1).
-    seed : int
-        Seed of the split.
+    generator : int, numpy.random.Generator or torch.Generator
+        Source of the split's shuffles (default: the seed 0; None draws fresh entropy).
     dtype : torch.dtype
         Floating dtype of the images.
+    seed : int
+        Deprecated former name of ``generator``.
     """
     from sklearn.datasets import load_digits
 
     frac = _checks.probability(test_fraction, "test_fraction", open_left=True, open_right=True)
-    seed = _checks.positive_int(seed, "seed", 0)
+    if seed is not _checks.UNSET:
+        if generator != 0:
+            raise TypeError("pass generator= only (seed= is its deprecated former name)")
+        generator = _checks.renamed(None, seed, "seed")
     digits = load_digits()
     pixels, target = digits.data.astype(np.float64), digits.target.astype(np.int64)
-    rng = np.random.default_rng(seed)
+    rng = _checks.numpy_generator(generator)
     test_idx, train_idx = [], []
     for c in range(N_CLASSES):
         members = rng.permutation(np.flatnonzero(target == c))

@@ -49,8 +49,15 @@ def test_split_is_fixed_stratified_disjoint_and_scaled(split):
     assert torch.equal(im.to_pixels(im.to_unit(torch.arange(17.0))), torch.arange(17.0))
     again = im.load_digits_split()
     assert torch.equal(again.x_test, x_te) and torch.equal(again.y_train, y_tr)
-    other = im.load_digits_split(seed=1)
+    other = im.load_digits_split(generator=1)
     assert not torch.equal(other.y_test, y_te) or not torch.equal(other.x_test, x_te)
+    # the deprecated seed= gives the same split, with a warning; both names at once are refused
+    with pytest.warns(DeprecationWarning, match="seed="):
+        old = im.load_digits_split(seed=1)
+    assert torch.equal(old.x_test, other.x_test)
+    assert torch.equal(im.load_digits_split(generator=np.random.default_rng(1)).y_test, other.y_test)
+    with pytest.raises(TypeError, match="generator= only"):
+        im.load_digits_split(generator=2, seed=1)
 
 
 def test_check_images_accepts_the_three_layouts():
