@@ -215,7 +215,15 @@ class DilatedConvScore(nn.Module):
         return 1 + 2 * sum(2 ** (i % self.dilation_cycle) for i in range(self.n_layers))
 
     def forward(self, x: torch.Tensor, t) -> torch.Tensor:
-        """The network output for waveforms x (n, L) and times t (a float or (n,) tensor), shaped like x."""
+        """The network output for waveforms x (n, L) and times t (a float or (n,) tensor), shaped like x.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Waveforms, shape (n, L) with L the network's ``length``.
+        t : float or torch.Tensor
+            One time, or one per row.
+        """
         x = _checks.points(x, "x", self.length)
         n = x.shape[0]
         p = next(self.parameters())

@@ -119,7 +119,15 @@ class PointMassObstacleEnv(gym.Env):
         self._k = 0
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
-        """Start an episode at a uniform point of the start square; returns ``(observation, info)``."""
+        """Start an episode at a uniform point of the start square; returns ``(observation, info)``.
+
+        Parameters
+        ----------
+        seed : int, optional
+            Seeds the environment's ``np_random`` (Gymnasium's convention; None keeps its current state).
+        options : dict, optional
+            Unused (Gymnasium's signature).
+        """
         super().reset(seed=seed)
         w = self.start_half_width
         self._p = self.np_random.uniform(-w, w, size=2)
@@ -128,7 +136,18 @@ class PointMassObstacleEnv(gym.Env):
 
     @classmethod
     def segment_hits_obstacle(cls, p: np.ndarray, q: np.ndarray) -> np.ndarray:
-        """Whether the segment from ``p`` to ``q`` (arrays (..., 2)) meets the obstacle disc (exact geometry)."""
+        """Whether the segment from ``p`` to ``q`` (arrays (..., 2)) meets the obstacle disc (exact geometry).
+
+        Parameters
+        ----------
+        p, q : numpy.ndarray
+            The segments' end points, arrays of shape (..., 2).
+
+        Returns
+        -------
+        numpy.ndarray
+            A boolean array of shape (...).
+        """
         c = np.asarray(cls.obstacle_centre)
         d = q - p
         dd = np.sum(d * d, axis=-1)
@@ -140,6 +159,11 @@ class PointMassObstacleEnv(gym.Env):
         """Move by ``dt * clip(action)``; returns ``(obs, reward, terminated, truncated, info)``.
 
         Raises ``ValueError`` for an action that is not of shape (2,) or not finite.
+
+        Parameters
+        ----------
+        action : array_like
+            The velocity, shape (2,), finite; clipped to [-1, 1]^2.
         """
         a = _finite_array(action, "action", (2,))
         p_next = np.clip(self._p + self.dt * np.clip(a, -1.0, 1.0), self.low, self.high)
@@ -191,7 +215,23 @@ def expert_action(obs, side, noise=None) -> np.ndarray:
 class ExpertData:
     """Expert pairs: observations (N, 2), action chunks (N, 2K), the side of each pair's episode (N,), the step
     of each pair within its episode (N,), the chunk length K, and the episodes' position paths (a list of (L, 2)
-    arrays)."""
+    arrays).
+
+    Parameters
+    ----------
+    obs : torch.Tensor
+        Observations, shape (N, 2).
+    actions : torch.Tensor
+        Action chunks, shape (N, 2K).
+    side : torch.Tensor
+        The side (-1 or +1) of each pair's episode, shape (N,).
+    step : torch.Tensor
+        The step of each pair within its episode, shape (N,).
+    chunk : int
+        The chunk length K.
+    paths : list of numpy.ndarray
+        The episodes' position paths, each of shape (L, 2).
+    """
 
     obs: torch.Tensor
     actions: torch.Tensor
@@ -304,7 +344,17 @@ class ObservationScoreMLP(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, a: torch.Tensor, s: torch.Tensor, t) -> torch.Tensor:
-        """The network output for actions a (n, d_a), observations s (n, d_s) and times t, shaped like a."""
+        """The network output for actions a (n, d_a), observations s (n, d_s) and times t, shaped like a.
+
+        Parameters
+        ----------
+        a : torch.Tensor
+            Noisy actions (or chunks), shape (n, d_a).
+        s : torch.Tensor
+            Observations, shape (n, d_s), one per action.
+        t : float or torch.Tensor
+            One time, or one per row.
+        """
         a = _checks.points(a, "a", self.action_dim)
         s = _checks.points(s, "s", self.obs_dim)
         if s.shape[0] != a.shape[0]:
@@ -499,14 +549,26 @@ class GaussianPolicy:
         self._chol = torch.linalg.cholesky(self.cov + 1e-12 * torch.eye(a.shape[1], dtype=torch.float64))
 
     def features(self, obs: torch.Tensor) -> torch.Tensor:
-        r"""The features :math:`\phi(s)`: a constant and the radial basis functions, shape (n, 1 + n_centres^d)."""
+        r"""The features :math:`\phi(s)`: a constant and the radial basis functions, shape (n, 1 + n_centres^d).
+
+        Parameters
+        ----------
+        obs : torch.Tensor
+            Observations, shape (n, d_s) (not checked here).
+        """
         s = obs.to(torch.float64)
         d2 = torch.cdist(s, self.centres) ** 2
         return torch.cat([torch.ones(s.shape[0], 1, dtype=torch.float64), torch.exp(-d2 / (2 * self.lengthscale**2))],
                          dim=1)
 
     def mean(self, obs: torch.Tensor) -> torch.Tensor:
-        r"""The regression mean :math:`\mu(s)` at observations (n, d_s)."""
+        r"""The regression mean :math:`\mu(s)` at observations (n, d_s).
+
+        Parameters
+        ----------
+        obs : torch.Tensor
+            Observations, shape (n, d_s).
+        """
         obs = _checks.points(obs, "obs", self.obs_dim)
         return self.features(obs) @ self.weights
 
@@ -523,7 +585,17 @@ class GaussianPolicy:
 @dataclass
 class RolloutResult:
     """Outcome of :func:`rollout`: per-episode success and collision flags (n,), episode lengths (n,), the position
-    paths (a list of (L, 2) arrays) and the success and collision rates with their binomial standard errors."""
+    paths (a list of (L, 2) arrays) and the success and collision rates with their binomial standard errors.
+
+    Parameters
+    ----------
+    success, collision : numpy.ndarray
+        Per-episode flags, shape (n,).
+    length : numpy.ndarray
+        Per-episode lengths in steps, shape (n,).
+    paths : list of numpy.ndarray
+        The position paths, each of shape (L, 2).
+    """
 
     success: np.ndarray
     collision: np.ndarray
@@ -552,7 +624,15 @@ class RolloutResult:
 
 
 def binomial_se(p: float, n: int) -> float:
-    r"""The standard error :math:`\sqrt{p(1-p)/n}` of a rate p estimated from n independent episodes."""
+    r"""The standard error :math:`\sqrt{p(1-p)/n}` of a rate p estimated from n independent episodes.
+
+    Parameters
+    ----------
+    p : float
+        The rate, in [0, 1].
+    n : int
+        The number of episodes, a positive integer.
+    """
     p = _checks.probability(p, "p")
     return math.sqrt(p * (1 - p) / _checks.positive_int(n, "n"))
 
@@ -651,7 +731,15 @@ class BimodalBandit:
             raise ValueError(f"sigma_r must be >= 0, got {sigma_r!r}")
 
     def q(self, s: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-        """The exact Q-function :math:`Q(s, a) = s a` for contexts (n, 1) and actions (n, 1), shape (n,)."""
+        """The exact Q-function :math:`Q(s, a) = s a` for contexts (n, 1) and actions (n, 1), shape (n,).
+
+        Parameters
+        ----------
+        s : torch.Tensor
+            Contexts, shape (n, 1).
+        a : torch.Tensor
+            Actions, shape (n, 1).
+        """
         s = _checks.points(s, "s", 1)
         a = _checks.points(a, "a", 1)
         if s.shape[0] != a.shape[0]:
@@ -659,7 +747,15 @@ class BimodalBandit:
         return (s * a).reshape(-1)
 
     def dataset(self, n: int, *, generator=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Logged data ``(s, a, r)`` of the behaviour policy: shapes (n, 1), (n, 1), (n,), float64."""
+        """Logged data ``(s, a, r)`` of the behaviour policy: shapes (n, 1), (n, 1), (n,), float64.
+
+        Parameters
+        ----------
+        n : int
+            Number of logged rounds, a positive integer.
+        generator : int, torch.Generator or numpy.random.Generator, optional
+            Source of the contexts, actions and reward noise.
+        """
         n = _checks.positive_int(n, "n")
         gen = _checks.generator(generator)
         s = 2 * torch.rand(n, 1, generator=gen, dtype=torch.float64) - 1
@@ -670,7 +766,15 @@ class BimodalBandit:
 
     def in_support(self, a: torch.Tensor, width: float = 3.0) -> torch.Tensor:
         r"""Whether each action lies within ``width`` behaviour standard deviations of a mode, :math:`||a| - 1| \le
-        \text{width}\,\sigma_b`; shape (n,)."""
+        \text{width}\,\sigma_b`; shape (n,).
+
+        Parameters
+        ----------
+        a : torch.Tensor
+            Actions, shape (n, 1).
+        width : float
+            The half-width in behaviour standard deviations (default 3).
+        """
         a = _checks.points(a, "a", 1)
         return ((a.abs() - 1).abs() <= float(width) * self.sigma_b).reshape(-1)
 

@@ -148,7 +148,15 @@ def newsvendor_cost(q, demand, holding: float = 1.0, backorder: float = 1.0) -> 
 
 
 def critical_ratio(holding: float = 1.0, backorder: float = 1.0) -> float:
-    r"""The critical ratio :math:`\kappa = b / (b + h)`: the optimal order is the :math:`\kappa`-quantile."""
+    r"""The critical ratio :math:`\kappa = b / (b + h)`: the optimal order is the :math:`\kappa`-quantile.
+
+    Parameters
+    ----------
+    holding : float
+        Holding cost h per unit left over, finite and > 0 (default 1).
+    backorder : float
+        Backorder cost b per unit short, finite and > 0 (default 1).
+    """
     h, b = _costs(holding, backorder)
     return b / (b + h)
 
@@ -160,6 +168,15 @@ def saa_decision(demand, holding: float = 1.0, backorder: float = 1.0) -> float:
     :math:`(h\,\#\{\xi_i \le q\} - b\,\#\{\xi_i > q\})/n` between the order statistics, which first becomes
     non-negative at the order statistic of rank :math:`\lceil n\kappa\rceil` (the smallest minimiser when the
     minimum is flat).
+
+    Parameters
+    ----------
+    demand : array_like or torch.Tensor
+        Observed demands, shape (n,) or (n, 1), finite, at least one.
+    holding : float
+        Holding cost h per unit left over, finite and > 0 (default 1).
+    backorder : float
+        Backorder cost b per unit short, finite and > 0 (default 1).
     """
     h, b = _costs(holding, backorder)
     d = np.sort(_demand(demand))

@@ -97,7 +97,15 @@ def _one_time(sde: VPSDE, t) -> tuple[torch.Tensor, torch.Tensor]:
 # -- the model ----------------------------------------------------------------------------------------------------
 def symmetric_mixture(mu_star, sde: VPSDE | None = None):
     r"""The data law :math:`\tfrac12\mathsf N(\mu^*, I) + \tfrac12\mathsf N(-\mu^*, I)` as a
-    :class:`~diffnotes.targets.GaussianMixture` (exact diffused law, score and samples)."""
+    :class:`~diffnotes.targets.GaussianMixture` (exact diffused law, score and samples).
+
+    Parameters
+    ----------
+    mu_star : array_like or torch.Tensor
+        The mean :math:`\mu^*`, a finite vector (d,).
+    sde : VPSDE, optional
+        The forward process (default :class:`~diffnotes.sde.ConstantVP`).
+    """
     from .targets import GaussianMixture
 
     mu_star = _vector("mu_star", mu_star).detach().to(torch.float64)
@@ -109,6 +117,17 @@ def mixture_score(mu, x: torch.Tensor, t, sde: VPSDE | None = None) -> torch.Ten
 
     Exact for :math:`\mu = \mu^*` (the diffused component covariance is :math:`\alpha^2 + h = 1` for every VP
     schedule).  Differentiable in ``mu`` (which may require grad).  t: one time in (0, T].
+
+    Parameters
+    ----------
+    mu : array_like or torch.Tensor
+        The parameter :math:`\mu`, a finite vector (d,).
+    x : torch.Tensor
+        Points, shape (n, d).
+    t : float
+        One time in (0, T].
+    sde : VPSDE, optional
+        The forward process (default :class:`~diffnotes.sde.ConstantVP`).
     """
     mu = _vector("mu", mu)
     x = _checks.points(x, "x", mu.shape[0])
@@ -127,6 +146,26 @@ def mixture_dsm_loss(mu, x0: torch.Tensor, t, *, eps: torch.Tensor | None = None
     ``eps`` (n, d) fixes the noise (common random numbers); otherwise it is drawn with ``generator``.
     Formerly ``dsm_loss`` (still importable under that name from ``diffnotes.gmm_learning``); the loss of any score
     model is :func:`diffnotes.losses.dsm_loss`.
+
+    Parameters
+    ----------
+    mu : array_like or torch.Tensor
+        The parameter :math:`\mu`, a finite vector (d,).
+    x0 : torch.Tensor
+        Data, shape (n, d).
+    t : float
+        One time in (0, T].
+    eps : torch.Tensor, optional
+        The noise, shaped like ``x0``.
+    generator : int, torch.Generator or numpy.random.Generator, optional
+        Source of the noise when ``eps`` is not given.
+    sde : VPSDE, optional
+        The forward process (default :class:`~diffnotes.sde.ConstantVP`).
+
+    Returns
+    -------
+    torch.Tensor
+        The loss, a scalar.
     """
     generator = _checks.generator(generator)
     sde = _checks.sde_or_default(sde)
@@ -159,6 +198,24 @@ def population_loss(mu, mu_star, t, *, sde: VPSDE | None = None, n_nodes: int = 
     :math:`c = \mu^\top\mu^*`, :math:`q = \|(I - \hat\mu^*\hat\mu^{*\top})\mu\|` and :math:`g_1, g_2` are independent
     standard normals; the loss :math:`\alpha^2\,\mathbb E[\|\mu\|^2\tanh^2 a - 2c\tanh a\tanh b + r^2\tanh^2 b]` is
     then a two-dimensional Gauss-Hermite sum with ``n_nodes`` nodes per axis.  Differentiable in ``mu``.
+
+    Parameters
+    ----------
+    mu : array_like or torch.Tensor
+        The parameter :math:`\mu`, a finite vector (d,).
+    mu_star : array_like or torch.Tensor
+        The true mean :math:`\mu^*`, a finite non-zero vector (d,).
+    t : float
+        One time in (0, T].
+    sde : VPSDE, optional
+        The forward process (default :class:`~diffnotes.sde.ConstantVP`).
+    n_nodes : int
+        Gauss-Hermite nodes per axis, >= 2 (default 160).
+
+    Returns
+    -------
+    torch.Tensor
+        The loss, a scalar.
     """
     mu = _vector("mu", mu)
     mu_star = _vector("mu_star", mu_star, mu.shape[0], nonzero=True).to(mu.dtype)
@@ -181,7 +238,13 @@ def population_loss(mu, mu_star, t, *, sde: VPSDE | None = None, n_nodes: int = 
 
 
 def population_gradient(mu, mu_star, t, *, sde: VPSDE | None = None, n_nodes: int = 160) -> torch.Tensor:
-    r"""The exact population gradient :math:`\nabla_\mu L_t(\mu)` of the DDPM objective at one time t (d,)."""
+    r"""The exact population gradient :math:`\nabla_\mu L_t(\mu)` of the DDPM objective at one time t (d,).
+
+    Parameters
+    ----------
+    mu, mu_star, t, sde, n_nodes
+        As in :func:`population_loss`.
+    """
     mu = _vector("mu", mu).detach().clone().requires_grad_(True)
     with torch.enable_grad():
         loss = population_loss(mu, mu_star, t, sde=sde, n_nodes=n_nodes)
@@ -199,6 +262,22 @@ def em_update(mu, mu_star=None, *, x: torch.Tensor | None = None, n_nodes: int =
     lemma, :math:`\mathrm{EM}(\mu) = \mu^*\,\mathbb E\tanh(u) + \mu\,\mathbb E[1 - \tanh^2 u]`, by Gauss-Hermite
     quadrature; its fixed points include :math:`\pm\mu^*`.  Empirical version (``x`` (n, d) given): the sample mean
     of :math:`x\tanh(\mu^\top x)`.
+
+    Parameters
+    ----------
+    mu : array_like or torch.Tensor
+        The current parameter, a finite vector (d,).
+    mu_star : array_like or torch.Tensor, optional
+        The true mean (d,), for the population step.
+    x : torch.Tensor, optional
+        A sample (n, d), for the empirical step.  Exactly one of ``mu_star`` and ``x`` must be given.
+    n_nodes : int
+        Gauss-Hermite nodes of the population step, >= 2 (default 160).
+
+    Returns
+    -------
+    torch.Tensor
+        :math:`\mathrm{EM}(\mu)`, shape (d,).
     """
     mu = _vector("mu", mu)
     if (mu_star is None) == (x is None):
@@ -217,7 +296,15 @@ def em_update(mu, mu_star=None, *, x: torch.Tensor | None = None, n_nodes: int =
 def power_direction(mu, second_moment) -> torch.Tensor:
     r"""The large-t limit of the negative DDPM gradient (up to the factor :math:`4\alpha^4`):
     :math:`(\Sigma - I)\mu - \|\mu\|^2\mu`, a power-iteration step on :math:`\Sigma = \mathbb E[X_0X_0^\top]`
-    with an Oja-type shrinkage.  ``second_moment`` is :math:`\Sigma` (d, d), population or empirical."""
+    with an Oja-type shrinkage.  ``second_moment`` is :math:`\Sigma` (d, d), population or empirical.
+
+    Parameters
+    ----------
+    mu : array_like or torch.Tensor
+        The current parameter, a finite vector (d,).
+    second_moment : array_like or torch.Tensor
+        :math:`\Sigma`, symmetric, shape (d, d).
+    """
     mu = _vector("mu", mu)
     S = torch.as_tensor(second_moment).to(mu.dtype)
     d = mu.shape[0]
@@ -233,6 +320,15 @@ def power_iteration(second_moment, v0, n_iter: int) -> torch.Tensor:
 
     Converges to the top eigenvector of :math:`\Sigma` (for :math:`\Sigma = I + \mu^*\mu^{*\top}`, to
     :math:`\pm\mu^*/\|\mu^*\|`) at the rate :math:`(\lambda_2/\lambda_1)^k` in angle.
+
+    Parameters
+    ----------
+    second_moment : array_like or torch.Tensor
+        :math:`\Sigma`, shape (d, d).
+    v0 : array_like or torch.Tensor
+        The start, a finite non-zero vector (d,).
+    n_iter : int
+        Number of iterations, >= 0.
     """
     v = _vector("v0", v0, nonzero=True)
     S = torch.as_tensor(second_moment).to(v.dtype)
@@ -259,6 +355,34 @@ def gradient_descent(mu0, t, *, lr: float, n_steps: int, mu_star=None, x0: torch
     With ``mu_star`` it descends the exact population loss (:func:`population_gradient`); with ``x0`` (n, d) it
     descends the empirical :func:`mixture_dsm_loss` on that sample, drawing fresh noise at every step (``generator``).
     The gradient scales like :math:`\alpha^4` at large t; choose ``lr`` accordingly (e.g. :math:`\eta/\alpha^4`).
+
+    Parameters
+    ----------
+    mu0 : array_like or torch.Tensor
+        The start, a finite vector (d,).
+    t : float
+        One time in (0, T].
+    lr : float
+        The step size, positive.
+    n_steps : int
+        Number of steps, >= 0.
+    mu_star : array_like or torch.Tensor, optional
+        The true mean (d,), non-zero: descend the population loss.
+    x0 : torch.Tensor, optional
+        A sample (n, d): descend the empirical loss.  Exactly one of ``mu_star`` and ``x0`` must be given.
+    sde : VPSDE, optional
+        The forward process (default :class:`~diffnotes.sde.ConstantVP`).
+    generator : int, torch.Generator or numpy.random.Generator, optional
+        Source of the noise of the empirical loss.
+    n_nodes : int
+        Gauss-Hermite nodes per axis of the population gradient (default 160).
+    progress : bool
+        Show a progress bar (default False).
+
+    Raises
+    ------
+    FloatingPointError
+        If the iterates stop being finite (lower ``lr``).
     """
     generator = _checks.generator(generator)
     sde = _checks.sde_or_default(sde)
@@ -293,7 +417,13 @@ def gradient_descent(mu0, t, *, lr: float, n_steps: int, mu_star=None, x0: torch
 
 # -- comparing the steps ----------------------------------------------------------------------------------------------
 def cosine(u, v) -> float:
-    """The cosine of the angle between two non-zero vectors."""
+    """The cosine of the angle between two non-zero vectors.
+
+    Parameters
+    ----------
+    u, v : array_like or torch.Tensor
+        Finite non-zero vectors of one length.
+    """
     u = _vector("u", u, nonzero=True)
     v = _vector("v", v, u.shape[0], nonzero=True).to(u.dtype)
     return float(u @ v / (torch.linalg.vector_norm(u) * torch.linalg.vector_norm(v)))
@@ -308,6 +438,24 @@ def step_alignment(mu, mu_star, t, *, sde: VPSDE | None = None, n_nodes: int = 1
 
     :cite:p:`shah2023learning`: ``"power"`` tends to 1 as t grows, ``"em"`` is close to 1 at small t for well
     separated components.
+
+    Parameters
+    ----------
+    mu : array_like or torch.Tensor
+        The current parameter, a finite non-zero vector (d,).
+    mu_star : array_like or torch.Tensor
+        The true mean, a finite non-zero vector (d,).
+    t : float
+        One time in (0, T].
+    sde : VPSDE, optional
+        The forward process (default :class:`~diffnotes.sde.ConstantVP`).
+    n_nodes : int
+        Gauss-Hermite nodes per axis (default 160).
+
+    Returns
+    -------
+    dict of str to float
+        The cosines ``"power"``, ``"em"`` and ``"power_vs_em"``.
     """
     mu = _vector("mu", mu, nonzero=True).detach().to(torch.float64)
     mu_star = _vector("mu_star", mu_star, mu.shape[0], nonzero=True).detach().to(torch.float64)

@@ -43,6 +43,17 @@ class ScoreAdapter(nn.Module):
 
     It is an :class:`torch.nn.Module` holding the wrapped network, so that it can be trained (its parameters are the
     network's), moved between devices, copied for an EMA, and handed to samplers unchanged.
+
+    Parameters
+    ----------
+    model : callable
+        ``model(x, t)`` or, if conditional, ``model(x, y, t)``, returning a tensor shaped like x.
+    prediction : {"score", "eps", "x0", "v"}
+        What the model predicts (the keys of ``PREDICTIONS``; default ``"score"``).
+    sde : VPSDE, optional
+        The forward process the network was trained with (default :class:`~diffnotes.sde.ConstantVP`).
+    conditional : bool
+        Whether the model takes a label (default False).
     """
 
     def __init__(self, model: Callable, prediction: str = "score", sde: VPSDE | None = None,
@@ -141,7 +152,20 @@ def as_score(model: Callable, prediction: str = "score", sde: VPSDE | None = Non
 
 
 class LabelledScore:
-    """A conditional score function with its label fixed: an unconditional-protocol ``score(x, t)``."""
+    """A conditional score function with its label fixed: an unconditional-protocol ``score(x, t)``.
+
+    Parameters
+    ----------
+    cond_score : callable
+        ``cond_score(x, y, t)``.
+    y : int or array_like of int
+        The label(s): one, or one per row of the batches it will be called with; class ids >= 0 (below
+        ``n_classes`` when known) or the null label.
+    n_classes : int, optional
+        The number of classes C used to validate y (default ``cond_score.n_classes`` if present).
+    null_label : int, optional
+        The null label allowed in y (default ``cond_score.null_label`` if present).
+    """
 
     def __init__(self, cond_score: Callable, y, n_classes: int | None = None, null_label: int | None = None):
         if not callable(cond_score):

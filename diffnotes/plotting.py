@@ -48,6 +48,29 @@ def reference_line(ax, x, anchor_y: float, slope: float, *, loglog: bool = True,
     """Draw the line of a theoretical rate through ``(x[0], anchor_y)``: slope on log-log (or semilog-y) axes.
 
     Used to put the theory's slope beside measured points, so the eye compares the two directly.
+
+    Parameters
+    ----------
+    ax : matplotlib.axes.Axes
+        The axes to draw on.
+    x : array_like
+        The abscissae of the line; the line passes through ``(x[0], anchor_y)``.
+    anchor_y : float
+        The line's value at ``x[0]``.
+    slope : float
+        The rate: ``y = anchor_y * (x / x[0]) ** slope`` on log-log axes, ``y = anchor_y * exp(slope * (x - x[0]))``
+        on semilog-y axes.
+    loglog : bool
+        Log-log (default True) or semilog-y.
+    label : str, optional
+        Legend label.
+    **kw
+        Passed to ``ax.plot`` (defaults: colour ``"0.4"``, dashed, line width 1).
+
+    Returns
+    -------
+    list of matplotlib.lines.Line2D
+        What ``ax.plot`` returns.
     """
     x = np.asarray(x, dtype=float)
     if loglog:

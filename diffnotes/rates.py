@@ -21,7 +21,17 @@ __all__ = ["Slope", "loglog_slope", "covered_tol", "local_orders", "richardson_o
 
 
 class Slope(NamedTuple):
-    """A log-log slope with its bootstrap interval (see :func:`loglog_slope`)."""
+    """A log-log slope with its bootstrap interval (see :func:`loglog_slope`).
+
+    Parameters
+    ----------
+    slope : float
+        Least-squares slope of log y against log x.
+    intercept : float
+        The fitted intercept, in log y = intercept + slope * log x.
+    low, high : float
+        Lower and upper ends of the bootstrap interval.
+    """
 
     slope: float
     """Least-squares slope of log y against log x."""
@@ -33,7 +43,13 @@ class Slope(NamedTuple):
     """Upper end of the bootstrap interval."""
 
     def covers(self, value: float) -> bool:
-        """Whether ``value`` lies in the interval [low, high]."""
+        """Whether ``value`` lies in the interval [low, high].
+
+        Parameters
+        ----------
+        value : float
+            The slope to test, e.g. the theory's.
+        """
         return self.low <= value <= self.high
 
     def __str__(self) -> str:

@@ -136,7 +136,13 @@ class SmallClassifier(nn.Module):
         self.dim, self.n_classes = dim, n_classes
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The logits, shape (n, C)."""
+        """The logits, shape (n, C).
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Points, shape (n, D).
+        """
         return self.net(_checks.points(x, "x", self.dim))
 
 
@@ -198,14 +204,32 @@ def train_classifier(model: nn.Module, x, y, *, steps: int = 500, lr: float = 1e
 
 
 def cross_entropy(classifier, x, y) -> torch.Tensor:
-    """Per-row cross-entropy loss :math:`\\ell(x, y) = -\\log\\mathrm{softmax}(f(x))_y`, shape (n,)."""
+    """Per-row cross-entropy loss :math:`\\ell(x, y) = -\\log\\mathrm{softmax}(f(x))_y`, shape (n,).
+
+    Parameters
+    ----------
+    classifier : callable
+        ``classifier(x)`` returning logits (n, C).
+    x : torch.Tensor
+        Points, shape (n, D).
+    y : int or array_like of int
+        One label, or one per row.
+    """
     x = _checks.points(x, "x")
     y = _checks.labels(y, x.shape[0], device=x.device)
     return F.cross_entropy(_logits(_classifier(classifier), x), y, reduction="none")
 
 
 def accuracy(labels_pred, y) -> float:
-    """Share of rows whose predicted label equals ``y``."""
+    """Share of rows whose predicted label equals ``y``.
+
+    Parameters
+    ----------
+    labels_pred : array_like of int
+        Predicted labels, shape (n,).
+    y : int or array_like of int
+        The true label, one for all rows or one per row.
+    """
     labels_pred = torch.as_tensor(labels_pred)
     y = _checks.labels(y, labels_pred.shape[0])
     return float((labels_pred.long() == y).double().mean())

@@ -43,9 +43,14 @@ __all__ = ["TrainResult", "train", "ema_update", "DistributedContext", "init_dis
 class TrainResult:
     """What :func:`train` returns; it also unpacks as ``losses, model, ema_model``.
 
-    * ``losses``: the minibatch loss at every step, a float64 numpy array of shape (steps,);
-    * ``model``: the trained model (the object that was passed in, trained in place);
-    * ``ema_model``: a copy of the model holding the EMA of the parameters, or None if no EMA was requested.
+    Parameters
+    ----------
+    losses : numpy.ndarray
+        The minibatch loss at every step, a float64 numpy array of shape (steps,).
+    model : torch.nn.Module
+        The trained model (the object that was passed in, trained in place).
+    ema_model : torch.nn.Module or None
+        A copy of the model holding the EMA of the parameters, or None if no EMA was requested (default).
     """
 
     losses: np.ndarray
@@ -79,7 +84,17 @@ def _as_batches(data) -> tuple[torch.Tensor, ...]:
 
 @torch.no_grad()
 def ema_update(ema_model: nn.Module, model: nn.Module, decay: float) -> None:
-    r"""One EMA step :math:`\bar\theta \leftarrow \beta\bar\theta + (1-\beta)\theta` (floating buffers copied)."""
+    r"""One EMA step :math:`\bar\theta \leftarrow \beta\bar\theta + (1-\beta)\theta` (floating buffers copied).
+
+    Parameters
+    ----------
+    ema_model : torch.nn.Module
+        The average :math:`\bar\theta`, updated in place; same parameters and buffers as ``model``.
+    model : torch.nn.Module
+        The current model :math:`\theta`.
+    decay : float
+        :math:`\beta`, in [0, 1] (not checked here; :func:`train` checks that its ``ema`` lies in (0, 1)).
+    """
     _ema_step(list(ema_model.parameters()), list(model.parameters()), decay)
     for be, b in zip(ema_model.buffers(), model.buffers(), strict=True):
         be.copy_(b)
@@ -101,10 +116,16 @@ _TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_POR
 class DistributedContext:
     """Where this process stands in a process group: what :func:`init_distributed` returns.
 
-    * ``rank``, ``world_size``, ``local_rank``: as set by ``torchrun`` (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``);
-    * ``backend``: ``"nccl"`` or ``"gloo"``;
-    * ``device``: where this rank computes (``cuda:<local_rank>`` with NCCL, the CPU with gloo);
-    * ``created``: whether :func:`init_distributed` initialised the group (and so the caller may destroy it).
+    Parameters
+    ----------
+    rank, world_size, local_rank : int
+        As set by ``torchrun`` (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``).
+    backend : str
+        ``"nccl"`` or ``"gloo"``.
+    device : torch.device
+        Where this rank computes (``cuda:<local_rank>`` with NCCL, the CPU with gloo).
+    created : bool
+        Whether :func:`init_distributed` initialised the group (and so the caller may destroy it).
     """
 
     rank: int

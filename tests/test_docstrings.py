@@ -38,6 +38,15 @@ DOCUMENTED_MODULES = [
     "diffnotes.spins",
     "diffnotes.ising",
     "diffnotes.images",
+    "diffnotes.audio",
+    "diffnotes.control",
+    "diffnotes.robustness",
+    "diffnotes.dro",
+    "diffnotes.optimization",
+    "diffnotes.parameterization",
+    "diffnotes.training",
+    "diffnotes.rates",
+    "diffnotes.plotting",
 ]
 
 
