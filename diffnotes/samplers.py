@@ -56,6 +56,9 @@ __all__ = [
     "exponential_multistep",
     "block_noise",
     "diffusers_ddim_arrivals",
+    "sample",
+    "on_nodes",
+    "DEFAULT_CONFIG",
     "SAMPLERS",
     "DETERMINISTIC",
     "EVALS_PER_STEP",
@@ -703,6 +706,78 @@ DETERMINISTIC = tuple(name for name, sampler in SAMPLERS.items() if sampler.dete
 
 #: Score evaluations per step of each sampler (at default options).
 EVALS_PER_STEP = {name: sampler.evals_per_step for name, sampler in SAMPLERS.items()}
+
+
+#: The default configuration of :func:`sample` (grid + solver + final step): the exponential Adams multistep solver of
+#: order 2 with its corrector (third order at one score call a step), on the grid uniform in sqrt(t) from T down to
+#: t0, no final denoising (every score evaluation is a step; the output is at t0).  Chosen on ``make bench``'s
+#: measurements (bench/bench_samplers.py, its report states the goal met or missed on every row).
+DEFAULT_CONFIG = {"sampler": "exponential_multistep", "options": {"order": 2, "corrector": True,
+                                                                 "lower_order_final": True},
+                  "spacing": "quadratic", "final_denoise": False}
+
+
+def on_nodes(times, N: int) -> torch.Tensor:
+    """Round a decreasing grid in (0, 1] to the nodes k/N of a discrete grid, keeping it strictly decreasing.
+
+    Where rounding makes nodes collide (a grid denser than 1/N, as log-SNR grids are near t0), each node is moved up
+    to the next free one, working from t0 upwards; so every score call is at a timestep a discrete-time network
+    (DDPM's) knows.
+
+    Parameters
+    ----------
+    times : tensor
+        A strictly decreasing grid in (0, 1].
+    N : int
+        The number of nodes (``DiscreteVP.N``).
+    """
+    N = _checks.positive_int(N, "N")
+    times = as_time(times).to(torch.float64)
+    k = torch.round(times * N).clamp(1, N).long().flip(0)  # increasing from t0
+    r = torch.arange(k.numel())
+    k = (torch.cummax(k - r, 0).values + r).flip(0)  # k_i >= k_(i+1) + 1, the smallest such change
+    if k[0] > N:
+        raise ValueError(f"a grid of {k.numel() - 1} steps does not fit on {N} nodes")
+    return k.double() / N
+
+
+def sample(score: Score, x, n_evals: int, *, sde=None, t0: float = 1e-3, T: float | None = None, generator=None,
+           return_trajectory: bool = False):
+    r"""Sample with the package's default configuration :data:`DEFAULT_CONFIG`, in ``n_evals`` score evaluations.
+
+    ``exponential_multistep(score, x, times, order=2, corrector=True)`` on ``times = time_grid(sde, t0, n_evals,
+    "quadratic")`` (uniform in :math:`\sqrt t`), rounded to the nodes k/N when ``sde`` is a
+    :class:`~diffnotes.sde.DiscreteVP` (so that a discrete-time network is only asked about its own timesteps).
+    Book chapter *Samplers*; ``make bench`` compares it with diffusers' schedulers.
+
+    Parameters
+    ----------
+    score : callable
+        ``score(x, t)``.
+    x : tensor or tuple
+        The start (n, D), or its shape (drawn from N(0, I) with ``generator``).
+    n_evals : int
+        Score evaluations, >= 1 (one a step).
+    sde : VPSDE, optional
+        The forward process (default ``ConstantVP()``).
+    t0 : float
+        Early-stopping time, the grid's last time.
+    T : float, optional
+        Start time (default the horizon).
+    generator : None, int, torch.Generator or numpy.random.Generator
+        Source of the start when ``x`` is a shape.
+    return_trajectory : bool
+        Also return the trajectory.
+    """
+    sde = _checks.sde_or_default(sde)
+    n_evals = _checks.positive_int(n_evals, "n_evals")
+    times = time_grid(sde, t0, n_evals, DEFAULT_CONFIG["spacing"], T=T)
+    N = getattr(sde, "N", None)
+    if N is not None:
+        times = on_nodes(times, N)
+    sampler = SAMPLERS[DEFAULT_CONFIG["sampler"]]
+    return sampler(score, x, times, sde=sde, generator=generator, return_trajectory=return_trajectory,
+                   final_denoise=DEFAULT_CONFIG["final_denoise"], **DEFAULT_CONFIG["options"])
 
 
 def diffusers_ddim_arrivals(sde, n_steps: int, set_alpha_to_one: bool = False, spacing: str = "trailing"):
