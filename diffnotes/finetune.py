@@ -65,6 +65,7 @@ __all__ = [
     "transition_log_prob",
     "Chain",
     "sample_chain",
+    "chain_log_probs",
     "chain_kl",
     "StepControl",
     "ControlledScore",
@@ -208,9 +209,10 @@ def read_prompt(x: torch.Tensor) -> torch.Tensor:
 
 
 def brightness(x: torch.Tensor) -> torch.Tensor:
-    r"""The mean pixel value of each image, :math:`r(x) = \frac1{64}\sum_j x_j` (a simple "aesthetic" reward), (n,)."""
+    r"""The mean pixel value of each image clipped to the pixel range, :math:`r(x) = \frac1{D}\sum_j
+    \mathrm{clip}(x_j, -1, 1)` (a simple "aesthetic" reward in [-1, 1]), (n,)."""
     x = _checks.points(x, "x")
-    return x.mean(dim=1)
+    return x.clamp(-1.0, 1.0).mean(dim=1)
 
 
 def diversity(x: torch.Tensor) -> float:
@@ -489,6 +491,33 @@ def sample_chain(score: Callable, start: torch.Tensor, times, *, sde: VPSDE | No
     return Chain(torch.stack(states), torch.stack(log_probs), times, torch.tensor(sigmas, dtype=torch.float64), final)
 
 
+def _stacked(chain: Chain, sde: VPSDE, eta: float):
+    """All visited states x_0..x_{K-1} stacked step-major (K n, D), their times (K n,) and the step coefficients."""
+    K, n = chain.states.shape[0] - 1, chain.states.shape[1]
+    coef = torch.tensor([step_coefficients(sde, float(chain.times[k]), float(chain.times[k + 1]), eta)
+                         for k in range(K)], dtype=torch.float64)
+    x = chain.states[:-1].reshape(K * n, -1)
+    t = chain.times[:-1].to(x.dtype).repeat_interleave(n)
+    return x, t, coef.to(x.dtype), K, n
+
+
+def chain_log_probs(score: Callable, chain: Chain, *, sde: VPSDE | None = None, eta: float = 1.0) -> torch.Tensor:
+    r"""The log-probabilities :math:`\log\pi(x_{k+1}\mid x_k)` of a recorded chain under ``score``, (K, n).
+
+    Equal to :func:`transition_log_prob` step by step, but the score is called **once**, on all K n visited states
+    stacked step-major (rows :math:`k n, \dots, k n + n - 1` hold step k) with one time per row: ``score`` must
+    accept K n rows (bind per-row labels repeated K times).  Differentiable in the score's parameters.
+    """
+    sde = _checks.sde_or_default(sde)
+    x, t, coef, K, n = _stacked(chain, sde, eta)
+    mean = coef[:, 0].repeat_interleave(n)[:, None] * x + coef[:, 1].repeat_interleave(n)[:, None] * score(x, t)
+    mean = mean.reshape(K, n, -1)
+    D = x.shape[1]
+    sig = coef[:, 2][:, None]
+    sq = ((chain.states[1:] - mean) ** 2).sum(dim=2)
+    return -0.5 * sq / sig**2 - D * torch.log(sig) - 0.5 * D * math.log(2 * math.pi)
+
+
 def chain_kl(score: Callable, reference: Callable, chain: Chain, *, sde: VPSDE | None = None,
              eta: float = 1.0) -> torch.Tensor:
     r"""The exact per-path KL of a chain to the pretrained chain, summed over steps at the visited states, (n,).
@@ -503,18 +532,15 @@ def chain_kl(score: Callable, reference: Callable, chain: Chain, *, sde: VPSDE |
     and the mean over paths drawn from :math:`\pi_\theta` is an unbiased estimate of the path KL
     :math:`\mathrm{KL}(P^\theta_{\rm path}\,\|\,P^{\rm ref}_{\rm path})` (chain rule), an upper bound on the KL of the
     outputs.  Differentiable in :math:`\theta` at the (fixed) visited states: DPOK's KL term :cite:p:`fan2023dpok`.
+    As in :func:`chain_log_probs`, both scores are called once on the K n stacked states.
     """
     sde = _checks.sde_or_default(sde)
-    total = torch.zeros(chain.states.shape[1], dtype=chain.states.dtype)
-    for k in range(chain.times.numel() - 1):
-        t, t_next = float(chain.times[k]), float(chain.times[k + 1])
-        _, d, sigma = step_coefficients(sde, t, t_next, eta)
-        x = chain.states[k]
-        tt = torch.full((x.shape[0],), t, dtype=x.dtype)
-        with torch.no_grad():
-            ref = reference(x, tt)
-        total = total + d**2 * ((score(x, tt) - ref) ** 2).sum(dim=1) / (2 * sigma**2)
-    return total
+    x, t, coef, K, n = _stacked(chain, sde, eta)
+    with torch.no_grad():
+        ref = reference(x, t)
+    w = (coef[:, 1] ** 2 / (2 * coef[:, 2] ** 2)).repeat_interleave(n)
+    per = w * ((score(x, t) - ref) ** 2).sum(dim=1)
+    return per.reshape(K, n).sum(dim=0)
 
 
 # -- controls --------------------------------------------------------------------------------------------------
@@ -704,9 +730,10 @@ def finetune(method: str, model: nn.Module, reference: Callable, reward: Callabl
     gen = _checks.generator(generator)
     prompt_set = None if prompts is None else _check_prompts(prompts)
 
-    def scores(y):
+    def scores(y, reps=1):
         if y is None:
             return model, reference
+        y = y.repeat(reps)
         return prompt_score(model, y, guidance), prompt_score(reference, y, guidance)
 
     if method == "guidance":
@@ -725,8 +752,10 @@ def finetune(method: str, model: nn.Module, reference: Callable, reward: Callabl
         if prompt_set is not None:
             y = prompt_set[torch.randint(0, prompt_set.numel(), (batch_size,), generator=gen)]
         s_model, s_ref = scores(y)
+        K = times.numel() - 1
+        m_all, r_all = scores(y, K)  # bound to the K n stacked states of chain_log_probs / chain_kl
         if method == "guidance":
-            s_model = gradient_guidance(s_ref, reward, eta_g, sde=sde)
+            s_model = m_all = gradient_guidance(s_ref, reward, eta_g, sde=sde)
         start = torch.randn(batch_size, dim, generator=gen, dtype=torch.float64)
         backprop = method == "backprop"
         with torch.set_grad_enabled(backprop):
@@ -735,8 +764,11 @@ def finetune(method: str, model: nn.Module, reference: Callable, reward: Callabl
             r = _reward_values(reward, chain.final)
         if callback is not None:
             callback(it, chain, s_model)
-        with torch.no_grad():
-            kl = chain_kl(s_model, s_ref, chain, sde=sde, eta=eta)
+        if method == "guidance":
+            kl = chain_kl(m_all, r_all, chain, sde=sde, eta=eta).detach()
+        else:
+            with torch.no_grad():
+                kl = chain_kl(m_all, r_all, chain, sde=sde, eta=eta)
         rd = r.detach()
         rewards.append(float(rd.mean()))
         ses.append(float(rd.std() / math.sqrt(batch_size)))
@@ -746,29 +778,24 @@ def finetune(method: str, model: nn.Module, reference: Callable, reward: Callabl
         if backprop:
             loss = -r.mean()
             if beta > 0:
-                loss = loss + beta * chain_kl(s_model, s_ref, chain, sde=sde, eta=eta).mean()
+                loss = loss + beta * chain_kl(m_all, r_all, chain, sde=sde, eta=eta).mean()
             opt.zero_grad()
             loss.backward()
             opt.step()
             continue
-        K = times.numel() - 1
         epochs = inner if method == "ddpo" else 1
         adv = (rd - rd.mean()) / rd.std().clamp_min(1e-12) if method == "ddpo" else rd - rd.mean()
         for _ in range(epochs):
             opt.zero_grad()
-            surrogate = torch.zeros((), dtype=torch.float64)
-            for k in range(K):
-                t, t_next = float(times[k]), float(times[k + 1])
-                lp = transition_log_prob(s_model, chain.states[k], chain.states[k + 1], t, t_next, sde=sde, eta=eta)
-                if method == "ddpo":
-                    ratio = torch.exp(lp - chain.log_probs[k])
-                    obj = torch.minimum(ratio * adv, ratio.clamp(1 - clip, 1 + clip) * adv)
-                else:
-                    obj = lp * adv
-                surrogate = surrogate + obj.mean()
-            loss = -surrogate
+            lp = chain_log_probs(m_all, chain, sde=sde, eta=eta)  # (K, n)
+            if method == "ddpo":
+                ratio = torch.exp(lp - chain.log_probs)
+                obj = torch.minimum(ratio * adv, ratio.clamp(1 - clip, 1 + clip) * adv)
+            else:
+                obj = lp * adv
+            loss = -obj.mean(dim=1).sum()
             if beta > 0:
-                loss = loss + beta * chain_kl(s_model, s_ref, chain, sde=sde, eta=eta).mean()
+                loss = loss + beta * chain_kl(m_all, r_all, chain, sde=sde, eta=eta).mean()
             loss.backward()
             opt.step()
     return FinetuneResult(s_model if method == "guidance" else model, model, np.array(rewards), np.array(ses),

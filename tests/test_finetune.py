@@ -210,3 +210,11 @@ def test_finetune_bad_inputs(gauss):
         ft.StepControl(2, times)(torch.zeros(1, 2, dtype=torch.float64), 0.123456)
     with pytest.raises(ValueError, match="prompt labels"):
         ft.finetune("ddpo", model, target.score, lambda x: x[:, 0], prompts=[20], **kw)
+
+
+def test_stacked_log_probs_equal_stepwise(gauss):
+    target, times = gauss
+    chain = ft.sample_chain(target.score, torch.randn(5, 2, dtype=torch.float64), times, sde=SDE, eta=0.6,
+                            generator=1)
+    lp = ft.chain_log_probs(target.score, chain, sde=SDE, eta=0.6)
+    torch.testing.assert_close(lp, chain.log_probs)
