@@ -137,7 +137,21 @@ def _seeded_init(module: nn.Module, generator: torch.Generator | None) -> None:
 # -- step 1: reward models ---------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class RidgeFit:
-    """A ridge estimate: ``theta`` (D,), its sampling ``covariance`` (D, D) and the noise variance ``sigma2``."""
+    r"""A ridge estimate: ``theta`` (D,), its sampling ``covariance`` (D, D) and the noise variance ``sigma2``.
+
+    Calling it, ``fit(x)``, gives the fitted reward :math:`\hat\theta^\top x` of points x (n, D).
+
+    Parameters
+    ----------
+    theta : torch.Tensor
+        The estimate :math:`\hat\theta_\lambda`, shape (D,).
+    covariance : torch.Tensor
+        Its sampling covariance, shape (D, D).
+    sigma2 : float
+        The noise variance :math:`\sigma^2` used (given or estimated).
+    lam : float
+        The ridge penalty :math:`\lambda`.
+    """
 
     theta: torch.Tensor
     covariance: torch.Tensor
@@ -277,7 +291,18 @@ def btl_mle(x1, x2, u, lam: float = 1e-3, max_iter: int = 100, tol: float = 1e-1
 
 
 def linear_reward(theta) -> Callable:
-    r"""The linear reward :math:`x\mapsto\theta^\top x` as a differentiable callable (n, D) -> (n,)."""
+    r"""The linear reward :math:`x\mapsto\theta^\top x` as a differentiable callable (n, D) -> (n,).
+
+    Parameters
+    ----------
+    theta : array_like
+        The reward vector :math:`\theta`, finite, of length D.
+
+    Returns
+    -------
+    callable
+        ``reward(x)`` for x (n, D), returning (n,).
+    """
     theta = _checks.data(torch.as_tensor(np.asarray(theta, dtype=np.float64)).reshape(1, -1), "theta")[0]
 
     def reward(x: torch.Tensor) -> torch.Tensor:
@@ -320,7 +345,13 @@ class RewardMLP(nn.Module):
         self.register_buffer("scale", scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The predicted reward of x (n, D), shape (n,)."""
+        """The predicted reward of x (n, D), shape (n,).
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Points, shape (n, D).
+        """
         x = _checks.points(x, "x", self.dim)
         p = self.loc
         xp = (x.to(p.dtype) - self.loc) / self.scale
@@ -467,7 +498,17 @@ class RewardConditionedScore(nn.Module):
         return q * torch.where(torch.diagonal(r) < 0, -1.0, 1.0).to(q)[None, :]
 
     def forward(self, x: torch.Tensor, y, t) -> torch.Tensor:
-        """The score at x (n, D) given conditions y (a number or (n,); NaN is the null condition) and times t."""
+        """The score at x (n, D) given conditions y (a number or (n,); NaN is the null condition) and times t.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Points, shape (n, D).
+        y : float or array_like
+            One condition, or one per row; NaN marks the null condition, infinite values are refused.
+        t : float or torch.Tensor
+            One time, or one per row, in (0, T].
+        """
         x = _checks.points(x, "x", self.dim)
         p = self.net[0].weight
         xp = x.to(p.dtype)
@@ -670,7 +711,21 @@ def _sample(score, n, dim, *, sde, t0, n_steps, spacing, sampler, generator):
 
 @dataclass
 class RewardDirected:
-    """The result of :func:`reward_directed_diffusion`: every step's output, and :meth:`sample` for step 4."""
+    """The result of :func:`reward_directed_diffusion`: every step's output, and :meth:`sample` for step 4.
+
+    Parameters
+    ----------
+    reward : RidgeFit
+        Step 1: the fitted reward.
+    pseudo_labels : torch.Tensor
+        Step 2: the pseudo-labels of the unlabelled points, shape (n,).
+    score : RewardConditionedScore
+        Step 3: the trained conditional score.
+    sde : VPSDE
+        The forward process.
+    t0 : float
+        The early-stopping time of the training.
+    """
 
     reward: Callable
     pseudo_labels: torch.Tensor
@@ -680,7 +735,25 @@ class RewardDirected:
 
     def sample(self, a, n: int, *, eta: float = 0.0, n_steps: int = 100, t0: float | None = None,
                sampler: str = "ddpm", generator=None) -> torch.Tensor:
-        """Draw n samples at target a (step 4), stopped at ``t0`` (default: the training t0)."""
+        """Draw n samples at target a (step 4), stopped at ``t0`` (default: the training t0).
+
+        Parameters
+        ----------
+        a : float
+            The target reward, finite.
+        n : int
+            Number of samples, a positive integer.
+        eta : float
+            Classifier-free guidance strength (default 0).
+        n_steps : int
+            Number of sampler steps (default 100).
+        t0 : float, optional
+            Early-stopping time (default: the training t0).
+        sampler : str
+            A key of :data:`diffnotes.samplers.SAMPLERS` (default ``"ddpm"``).
+        generator : int, torch.Generator or numpy.random.Generator, optional
+            Source of the start and the noise.
+        """
         return sample_at_target(self.score, a, n, self.score.dim, eta=eta, sde=self.sde,
                                 t0=self.t0 if t0 is None else t0, n_steps=n_steps, sampler=sampler,
                                 generator=generator)
@@ -772,7 +845,15 @@ def ddom_weights(y, n_bins: int = 20, temperature: float | None = None, clip: fl
 # -- gradient guidance and gradient ascent ------------------------------------------------------------------------
 def principal_basis(x, d: int) -> torch.Tensor:
     r"""An orthonormal basis (D, d) of the top-d principal subspace of the (uncentred) data x: the subspace that
-    :func:`gradient_guidance` and :func:`gradient_ascent` may project onto when the true one is unknown."""
+    :func:`gradient_guidance` and :func:`gradient_ascent` may project onto when the true one is unknown.
+
+    Parameters
+    ----------
+    x : array_like or torch.Tensor
+        The data, shape (n, D).
+    d : int
+        The subspace dimension, 1 <= d <= D.
+    """
     x = _checks.data(x, "x")
     d = _checks.positive_int(d, "d")
     if d > x.shape[1]:
@@ -903,7 +984,13 @@ def gradient_ascent(reward: Callable, x_start, *, steps: int = 100, lr: float = 
 
 # -- the exact oracle --------------------------------------------------------------------------------------------
 def chi_mean(k: int) -> float:
-    r""":math:`\mathbb E\|\xi\|` for :math:`\xi\sim\mathsf N(0, I_k)`: :math:`\sqrt2\,\Gamma((k+1)/2)/\Gamma(k/2)`."""
+    r""":math:`\mathbb E\|\xi\|` for :math:`\xi\sim\mathsf N(0, I_k)`: :math:`\sqrt2\,\Gamma((k+1)/2)/\Gamma(k/2)`.
+
+    Parameters
+    ----------
+    k : int
+        The dimension, a positive integer.
+    """
     k = _checks.positive_int(k, "k")
     return math.sqrt(2.0) * math.exp(math.lgamma((k + 1) / 2) - math.lgamma(k / 2))
 
@@ -958,7 +1045,19 @@ class LinearSubspaceOracle:
 
     @classmethod
     def random(cls, D: int, d: int, beta=None, *, generator=None, **kwargs) -> LinearSubspaceOracle:
-        """An oracle with a random orthonormal A (from ``generator``) and beta = e_1 by default."""
+        """An oracle with a random orthonormal A (from ``generator``) and beta = e_1 by default.
+
+        Parameters
+        ----------
+        D, d : int
+            Ambient and subspace dimensions, positive, d <= D.
+        beta : array_like, optional
+            The reward in latent coordinates (d,) (default :math:`e_1`).
+        generator : int, torch.Generator or numpy.random.Generator, optional
+            Source of A.
+        **kwargs
+            ``label_noise``, ``pseudo_noise``, ``sde`` of the constructor.
+        """
         D, d = _checks.positive_int(D, "D"), _checks.positive_int(d, "d")
         if d > D:
             raise ValueError(f"d = {d} exceeds D = {D}")
@@ -971,18 +1070,50 @@ class LinearSubspaceOracle:
 
     # data and labels
     def sample(self, n: int, generator=None) -> torch.Tensor:
-        """n draws of x = A z."""
+        """n draws of x = A z.
+
+        Parameters
+        ----------
+        n : int
+            Number of draws, a positive integer.
+        generator : int, torch.Generator or numpy.random.Generator, optional
+            Source of z.
+
+        Returns
+        -------
+        torch.Tensor
+            The points, float64, shape (n, D).
+        """
         n = _checks.positive_int(n, "n")
         z = torch.randn(n, self.d, generator=_checks.generator(generator), dtype=torch.float64)
         return z @ self.A.T
 
     def reward(self, x: torch.Tensor) -> torch.Tensor:
-        r"""The true reward :math:`f^*(x) = \theta^{*\top}x`, shape (n,)."""
+        r"""The true reward :math:`f^*(x) = \theta^{*\top}x`, shape (n,).
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Points, shape (n, D).
+        """
         x = _checks.points(x, "x", self.D)
         return x @ self.theta.to(x)
 
     def labels(self, x: torch.Tensor, generator=None) -> torch.Tensor:
-        r"""Noisy labels :math:`y = f^*(x) + \sigma\varepsilon`."""
+        r"""Noisy labels :math:`y = f^*(x) + \sigma\varepsilon`.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Points, shape (n, D).
+        generator : int, torch.Generator or numpy.random.Generator, optional
+            Source of the noise.
+
+        Returns
+        -------
+        torch.Tensor
+            The labels, float64, shape (n,).
+        """
         f = self.reward(x).to(torch.float64)
         return f + self.label_noise * torch.randn(f.shape, generator=_checks.generator(generator),
                                                   dtype=torch.float64)
@@ -1001,7 +1132,15 @@ class LinearSubspaceOracle:
         return b, s2
 
     def conditional_law(self, a, theta_hat=None) -> tuple[torch.Tensor, torch.Tensor]:
-        r"""Mean :math:`m_a` (D,) and covariance C (D, D) of x given :math:`\hat y = a` (at t = 0)."""
+        r"""Mean :math:`m_a` (D,) and covariance C (D, D) of x given :math:`\hat y = a` (at t = 0).
+
+        Parameters
+        ----------
+        a : float
+            The target, finite.
+        theta_hat : array_like, optional
+            The regression estimate :math:`\hat\theta` (D,), finite (default :math:`\theta^*`).
+        """
         a = _target(a)
         b, s2 = self._b(theta_hat)
         m = self.A @ b * (a / s2)
@@ -1009,7 +1148,13 @@ class LinearSubspaceOracle:
         return m, C
 
     def pseudo_label_std(self, theta_hat=None) -> float:
-        r"""The standard deviation s of the pseudo-labels :math:`\hat y` over the data: the coverage scale of a."""
+        r"""The standard deviation s of the pseudo-labels :math:`\hat y` over the data: the coverage scale of a.
+
+        Parameters
+        ----------
+        theta_hat : array_like, optional
+            The regression estimate :math:`\hat\theta` (D,), finite (default :math:`\theta^*`).
+        """
         return math.sqrt(self._b(theta_hat)[1])
 
     def _parts(self, x, a, t, theta_hat):
@@ -1028,26 +1173,69 @@ class LinearSubspaceOracle:
         return r, rz, rp, M, h[:, :, 0]
 
     def conditional_score(self, x: torch.Tensor, a, t, theta_hat=None) -> torch.Tensor:
-        r"""The exact :math:`\nabla_x\log p_t(x\mid\hat y = a) = -\Sigma_t^{-1}(x - \alpha(t)m_a)`."""
+        r"""The exact :math:`\nabla_x\log p_t(x\mid\hat y = a) = -\Sigma_t^{-1}(x - \alpha(t)m_a)`.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Points, shape (n, D).
+        a : float
+            The target, finite.
+        t : float or torch.Tensor
+            One time, or one per row, in (0, T].
+        theta_hat : array_like, optional
+            The regression estimate :math:`\hat\theta` (D,), finite (default :math:`\theta^*`).
+        """
         _, rz, rp, M, h = self._parts(x, a, t, theta_hat)
         sz = torch.linalg.solve(M, rz[:, :, None])[:, :, 0]
         return -(sz @ self.A.to(x).T) - rp / h
 
     def conditional_log_prob(self, x: torch.Tensor, a, t, theta_hat=None) -> torch.Tensor:
-        r"""The exact :math:`\log p_t(x\mid\hat y = a)`, shape (n,)."""
+        r"""The exact :math:`\log p_t(x\mid\hat y = a)`, shape (n,).
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Points, shape (n, D).
+        a : float
+            The target, finite.
+        t : float or torch.Tensor
+            One time, or one per row, in (0, T].
+        theta_hat : array_like, optional
+            The regression estimate :math:`\hat\theta` (D,), finite (default :math:`\theta^*`).
+        """
         _, rz, rp, M, h = self._parts(x, a, t, theta_hat)
         quad = (rz * torch.linalg.solve(M, rz[:, :, None])[:, :, 0]).sum(1) + (rp ** 2).sum(1) / h[:, 0]
         logdet = torch.logdet(M) + (self.D - self.d) * torch.log(h[:, 0])
         return -0.5 * (quad + logdet + self.D * math.log(2 * math.pi))
 
     def conditional_score_function(self, a, theta_hat=None) -> Callable:
-        """The exact conditional score at target a as a plain score ``score(x, t)``."""
+        r"""The exact conditional score at target a as a plain score ``score(x, t)``.
+
+        Parameters
+        ----------
+        a : float
+            The target, finite.
+        theta_hat : array_like, optional
+            The regression estimate :math:`\hat\theta` (D,), finite (default :math:`\theta^*`).
+        """
         a = _target(a)
         self._b(theta_hat)
         return lambda x, t: self.conditional_score(x, a, t, theta_hat)
 
     def cond_score(self, theta_hat=None) -> Callable:
-        """The exact conditional score as a conditional score ``s(x, y, t)`` (y one number per row)."""
+        r"""The exact conditional score as a conditional score ``s(x, y, t)`` (y one number per row).
+
+        Parameters
+        ----------
+        theta_hat : array_like, optional
+            The regression estimate :math:`\hat\theta` (D,), finite (default :math:`\theta^*`).
+
+        Returns
+        -------
+        callable
+            ``s(x, y, t)`` with y one target for all rows or one per row.
+        """
 
         def s(x, y, t):
             x = _checks.points(x, "x", self.D)
@@ -1066,7 +1254,15 @@ class LinearSubspaceOracle:
         return s
 
     def score(self, x: torch.Tensor, t) -> torch.Tensor:
-        r"""The exact unconditional score of the data, :math:`-(\alpha^2AA^\top + hI)^{-1}x`."""
+        r"""The exact unconditional score of the data, :math:`-(\alpha^2AA^\top + hI)^{-1}x`.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Points, shape (n, D).
+        t : float or torch.Tensor
+            One time, or one per row, in (0, T].
+        """
         x = _checks.points(x, "x", self.D)
         t = self.sde.check_time(_checks.time_rows(t, x.shape[0], x))
         h = self.sde.h(t)[:, None]
@@ -1076,25 +1272,53 @@ class LinearSubspaceOracle:
     # exact measures
     def exact_mean_reward(self, a, theta_hat=None, t0: float | None = None) -> float:
         r""":math:`\mathbb E f^*` under the exact conditional law at :math:`t_0` (0: the law itself):
-        :math:`\alpha(t_0)\,\beta^\top b\,a/s^2`."""
+        :math:`\alpha(t_0)\,\beta^\top b\,a/s^2`.
+
+        Parameters
+        ----------
+        a : float
+            The target, finite.
+        theta_hat : array_like, optional
+            The regression estimate :math:`\hat\theta` (D,), finite (default :math:`\theta^*`).
+        t0 : float, optional
+            The early-stopping time, in (0, T]; None or 0 takes the conditional law itself.
+        """
         a = _target(a)
         b, s2 = self._b(theta_hat)
         al = 1.0 if not t0 else float(self.sde.alpha(self.sde.check_time(t0)))
         return al * float(self.beta @ b) * a / s2
 
     def exact_suboptimality(self, a, theta_hat=None, t0: float | None = None) -> float:
-        r"""The exact SubOpt :math:`|a - \alpha(t_0)\,\beta^\top b\,a/s^2|` of the exact conditional sampler."""
+        r"""The exact SubOpt :math:`|a - \alpha(t_0)\,\beta^\top b\,a/s^2|` of the exact conditional sampler.
+
+        Parameters
+        ----------
+        a, theta_hat, t0
+            As in :meth:`exact_mean_reward`.
+        """
         return abs(_target(a) - self.exact_mean_reward(a, theta_hat, t0))
 
     def exact_off_subspace(self, t0: float) -> float:
-        r""":math:`\mathbb E\|(I - AA^\top)x_{t_0}\| = \sqrt{h(t_0)}\,\mathbb E\chi_{D-d}` (0 when d = D)."""
+        r""":math:`\mathbb E\|(I - AA^\top)x_{t_0}\| = \sqrt{h(t_0)}\,\mathbb E\chi_{D-d}` (0 when d = D).
+
+        Parameters
+        ----------
+        t0 : float
+            The early-stopping time, in (0, T].
+        """
         if self.D == self.d:
             return 0.0
         h = float(self.sde.h(self.sde.check_time(t0)))
         return math.sqrt(h) * chi_mean(self.D - self.d)
 
     def off_subspace(self, x: torch.Tensor) -> float:
-        """:func:`off_subspace_deviation` of x from this oracle's subspace."""
+        """:func:`off_subspace_deviation` of x from this oracle's subspace.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Samples, shape (n, D).
+        """
         return off_subspace_deviation(x, self.A)
 
 
@@ -1123,6 +1347,13 @@ def off_subspace_deviation(x, basis) -> float:
     r"""The mean distance :math:`\mathbb E\|(I - AA^\top)x\|_2` of samples to the span of an orthonormal basis A.
 
     The fidelity measure of review Section 6, of order :math:`\sqrt{t_0D}` for the reward-directed sampler.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        Samples, shape (n, D).
+    basis : array_like or torch.Tensor
+        The basis A, shape (D, d), with orthonormal columns (to 1e-6).
     """
     x = _checks.points(x, "x")
     A = _projector(basis, x.shape[1]).to(x)

@@ -47,6 +47,7 @@ DOCUMENTED_MODULES = [
     "diffnotes.training",
     "diffnotes.rates",
     "diffnotes.plotting",
+    "diffnotes.reward",
 ]
 
 
