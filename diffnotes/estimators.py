@@ -384,8 +384,9 @@ def score_error(estimator, target, t: float, n_eval: int = 2000, generator: torc
         points = target.sample_marginal(n_eval, t, generator)
     else:
         points = _checks.data(points, "points", min_n=2)
-    truth = true_score(points, t)
-    est = est_score(points, t)
+    with torch.no_grad():  # a measurement: no graph through a network's score
+        truth = true_score(points, t)
+        est = est_score(points, t)
     if est.shape != truth.shape:
         raise ValueError(f"the estimator returned shape {tuple(est.shape)}, the target {tuple(truth.shape)}")
     sq = ((est - truth) ** 2).sum(1)
