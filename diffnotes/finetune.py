@@ -731,10 +731,11 @@ def finetune(method: str, model: nn.Module, reference: Callable, reward: Callabl
     prompt_set = None if prompts is None else _check_prompts(prompts)
 
     def scores(y, reps=1):
+        trained = reference if model is None else model  # guidance trains nothing
         if y is None:
-            return model, reference
+            return trained, reference
         y = y.repeat(reps)
-        return prompt_score(model, y, guidance), prompt_score(reference, y, guidance)
+        return prompt_score(trained, y, guidance), prompt_score(reference, y, guidance)
 
     if method == "guidance":
         model = None
@@ -755,7 +756,8 @@ def finetune(method: str, model: nn.Module, reference: Callable, reward: Callabl
         K = times.numel() - 1
         m_all, r_all = scores(y, K)  # bound to the K n stacked states of chain_log_probs / chain_kl
         if method == "guidance":
-            s_model = m_all = gradient_guidance(s_ref, reward, eta_g, sde=sde)
+            s_model = gradient_guidance(s_ref, reward, eta_g, sde=sde)
+            m_all = gradient_guidance(r_all, reward, eta_g, sde=sde)
         start = torch.randn(batch_size, dim, generator=gen, dtype=torch.float64)
         backprop = method == "backprop"
         with torch.set_grad_enabled(backprop):

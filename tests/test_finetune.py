@@ -106,7 +106,7 @@ def test_reinforce_gradient_unbiased_closed_form(gauss):
     mean_chain = ft.sample_chain(score, torch.zeros(1, 2, dtype=torch.float64), times, sde=SDE,
                                  grad_steps=None, noise=torch.zeros_like)
     (exact,) = torch.autograd.grad(mean_chain.final[0] @ b, theta)
-    n = 40000
+    n = 20000
     chain = ft.sample_chain(score, torch.randn(n, 2, generator=torch.Generator().manual_seed(7),
                                                dtype=torch.float64), times, sde=SDE, generator=8)
     r = chain.final @ b
@@ -218,3 +218,17 @@ def test_stacked_log_probs_equal_stepwise(gauss):
                             generator=1)
     lp = ft.chain_log_probs(target.score, chain, sde=SDE, eta=0.6)
     torch.testing.assert_close(lp, chain.log_probs)
+
+
+@pytest.mark.parametrize("method", ["ddpo", "dpok", "backprop", "guidance"])
+def test_methods_with_prompts_run(method):
+    from diffnotes.networks import as_score
+
+    net = as_score(ft.PromptScoreMLP(hidden=8, depth=1, generator=0), "eps", SDE, conditional=True)
+    ref = as_score(ft.PromptScoreMLP(hidden=8, depth=1, generator=0), "eps", SDE, conditional=True)
+    ref.requires_grad_(False)
+    times = time_grid(SDE, 1e-3, 3, "logsnr")
+    res = ft.finetune(method, net, ref, ft.brightness, times=times, dim=64, beta=0.1, sde=SDE, n_iters=2,
+                      batch_size=4, prompts=[0, 5, 11], guidance=1.0, final_denoise=True, generator=0)
+    assert res.reward.shape == (2,) and np.all(np.isfinite(res.kl)) and np.all(res.kl >= 0)
+    assert abs(res.kl[0]) < 1e-12 or method == "guidance"  # the copy starts at the reference
