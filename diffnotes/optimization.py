@@ -398,7 +398,7 @@ def gradient_descent(mu0, t, *, lr: float, n_steps: int, mu_star=None, x0: torch
     else:
         mu_star = _vector("mu_star", mu_star, mu.shape[0], nonzero=True)
     _one_time(sde, t)
-    from tqdm.auto import trange
+    from tqdm.std import trange  # plain text bars: tqdm.auto warns in kernels without ipywidgets
 
     out = [mu.clone()]
     for _ in trange(n_steps, disable=not progress, desc="GD on the DDPM loss"):
