@@ -307,3 +307,16 @@ def test_molecule_bad_inputs():
         M.TorsionalMolecule("CC", n_conformers=2)
     with pytest.raises(TypeError, match="string"):
         M.TorsionalMolecule(42)
+
+
+def test_exact_ratios_table_path_matches_the_contraction():
+    # diffnotes.discrete.ExactRatios reads one-time batches off the marginal law (the guided samplers rely on it)
+    gen = torch.Generator().manual_seed(4)
+    for process in [D.FactorizedCTMC.uniform(3, 4), D.FactorizedCTMC.absorbing(3, 4)]:
+        p = torch.rand(3**4, generator=gen, dtype=torch.float64)
+        p[::5] = 0
+        p = p / p.sum()
+        R = D.ExactRatios(process, p)
+        x = process.states()[torch.randint(process.S**4, (200,), generator=gen)]
+        t = torch.full((200,), 0.4, dtype=torch.float64)
+        assert torch.allclose(R(x, 0.4), R._ratios(x, t), rtol=1e-12, atol=1e-300)
