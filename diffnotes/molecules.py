@@ -67,7 +67,13 @@ _TWO_PI = 2 * math.pi
 
 
 def wrap(x) -> torch.Tensor:
-    """Angles mapped to :math:`[-\\pi, \\pi)`."""
+    """Angles mapped to :math:`[-\\pi, \\pi)`.
+
+    Parameters
+    ----------
+    x : array_like or torch.Tensor
+        Angles in radians.
+    """
     x = torch.as_tensor(x)
     return torch.remainder(x + math.pi, _TWO_PI) - math.pi
 
@@ -114,7 +120,15 @@ def wrapped_normal_log_prob(x, sigma) -> torch.Tensor:
 
 
 def wrapped_normal_score(x, sigma) -> torch.Tensor:
-    r""":math:`\partial_x \log p_\sigma(x) = -\sum_m w_m (x + 2\pi m)/\sigma^2` (module docstring), elementwise."""
+    r""":math:`\partial_x \log p_\sigma(x) = -\sum_m w_m (x + 2\pi m)/\sigma^2` (module docstring), elementwise.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        Angles in radians (any real numbers).
+    sigma : float or torch.Tensor
+        Scale(s) > 0, broadcastable to x.
+    """
     y, s = _images(x, sigma)
     w = torch.softmax(-0.5 * (y / s) ** 2, -1)
     return -(w * y).sum(-1) / (s[..., 0] if s.ndim else s) ** 2
@@ -137,14 +151,30 @@ class TorusVE:
         self.sigma_min, self.sigma_max = lo, hi
 
     def sigma(self, t) -> torch.Tensor:
-        """:math:`\\sigma(t)` for t in [0, 1] (float64)."""
+        """:math:`\\sigma(t)` for t in [0, 1] (float64).
+
+        Parameters
+        ----------
+        t : float or torch.Tensor
+            Time(s) in [0, 1], a number or one per row.
+        """
         t = torch.as_tensor(t, dtype=torch.float64)
         if not torch.all(torch.isfinite(t)) or torch.any(t < 0) or torch.any(t > 1):
             raise ValueError(f"t must lie in [0, 1], got {t}")
         return self.sigma_min ** (1 - t) * self.sigma_max**t
 
     def perturb(self, x0, t, generator=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Draw :math:`\\varphi_t = \\mathrm{wrap}(\\varphi_0 + \\sigma(t)Z)`; returns it and :math:`\\sigma(t)Z`."""
+        """Draw :math:`\\varphi_t = \\mathrm{wrap}(\\varphi_0 + \\sigma(t)Z)`; returns it and :math:`\\sigma(t)Z`.
+
+        Parameters
+        ----------
+        x0 : torch.Tensor
+            Clean angles (n, k).
+        t : float or torch.Tensor
+            Time(s) in [0, 1], a number or one per row.
+        generator : None, int, torch.Generator or numpy Generator
+            Source of randomness.
+        """
         x0 = _angles(x0, "x0")
         s = self.sigma(t).to(x0)
         s = s[:, None] if s.ndim == 1 else s
@@ -172,6 +202,17 @@ def torus_dsm_loss(model: Callable, x0, *, process: TorusVE, generator=None) -> 
     The target is :func:`wrapped_normal_score` of the (wrapped) displacement, per torsion; the weight
     :math:`\sigma^2` makes the terms O(1).  Fits :func:`diffnotes.training.train` (``loss_fn(model, x0,
     generator=...)``).
+
+    Parameters
+    ----------
+    model : callable
+        A score ``model(x, t)`` returning (n, k).
+    x0 : torch.Tensor
+        A batch of clean angles (n, k).
+    process : TorusVE
+        The forward process.
+    generator : None, int, torch.Generator or numpy Generator
+        Source of randomness.
     """
     x0 = _angles(x0, "x0")
     gen = _checks.generator(generator)
@@ -219,6 +260,15 @@ class TorusScoreMLP(nn.Module):
                             _checks.positive_int(depth, "depth"), self.k)
 
     def forward(self, x, t) -> torch.Tensor:
+        """The score :math:`s_\\theta(\\varphi, t)`, shape (n, k).
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Angles in radians, shape (n, k).
+        t : float or torch.Tensor
+            Time(s) in [0, 1], a number or one per row.
+        """
         x = _angles(x)
         if x.shape[1] != self.k:
             raise ValueError(f"x must have {self.k} angles per row, got {x.shape[1]}")
@@ -242,6 +292,21 @@ def torus_sampler(score: Callable, x, *, process: TorusVE, n_steps: int, generat
     \sqrt{\sigma_k^2 - \sigma_{k+1}^2}\,Z\big)` with :math:`\sigma_k = \sigma(t_k)`.  ``x`` is the start (n, k) or
     its shape, then drawn uniformly on the torus (the law at :math:`\sigma_{\max}` is nearly uniform).  Returns the
     final angles, or ``(final, trajectory)`` with the n_steps + 1 states.
+
+    Parameters
+    ----------
+    score : callable
+        ``score(x, t)`` with t one time per row, returning (n, k).
+    x : torch.Tensor or tuple
+        The start (n, k), or its shape (then uniform on the torus).
+    process : TorusVE
+        The forward process.
+    n_steps : int
+        Number of Euler-Maruyama steps.
+    generator : None, int, torch.Generator or numpy Generator
+        Source of randomness.
+    return_trajectory : bool
+        Also return the states on the grid, (n_steps + 1, n, k).
     """
     _checks.score_callable(score)
     if not isinstance(process, TorusVE):
@@ -277,6 +342,15 @@ def cell_populations(x, edges, weights=None) -> torch.Tensor:
     ``edges`` are increasing angles spanning one turn, :math:`e_0 < \dots < e_m = e_0 + 2\pi`; angles are taken
     modulo :math:`2\pi` into :math:`[e_0, e_0 + 2\pi)`.  With ``weights`` (n,) the rows count in proportion to
     them (a quadrature of a density on grid nodes).  Result shape (m,) * k, summing to one.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        Angles in radians, shape (n, k).
+    edges : array_like
+        Increasing cell edges over one turn (m + 1,).
+    weights : array_like, optional
+        One non-negative weight per row.
     """
     x = _angles(torch.as_tensor(x, dtype=torch.float64) if not isinstance(x, torch.Tensor) else x)
     e = torch.as_tensor(edges, dtype=torch.float64)
@@ -368,12 +442,28 @@ class TorusGridDensity:
         return x, [self._kernels(x[:, i].double(), sigma) for i in range(self.k)]
 
     def log_prob(self, x, t) -> torch.Tensor:
-        r""":math:`\log p_t(\varphi)` for each row of x (n, k), float64."""
+        r""":math:`\log p_t(\varphi)` for each row of x (n, k), float64.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Angles in radians, shape (n, k).
+        t : float or torch.Tensor
+            Time(s) in [0, 1], a number or one per row. (all rows share it).
+        """
         _, parts = self._parts(x, t)
         return torch.log(self._contract([g for g, _ in parts]))
 
     def score(self, x, t) -> torch.Tensor:
-        r""":math:`\nabla\log p_t(\varphi)` (n, k): the package's score protocol (one time for all rows)."""
+        r""":math:`\nabla\log p_t(\varphi)` (n, k): the package's score protocol (one time for all rows).
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Angles in radians, shape (n, k).
+        t : float or torch.Tensor
+            Time(s) in [0, 1], a number or one per row. (all rows share it).
+        """
         x, parts = self._parts(x, t)
         p = self._contract([g for g, _ in parts])
         grads = []
@@ -384,7 +474,15 @@ class TorusGridDensity:
     __call__ = score
 
     def sample(self, n: int, generator=None) -> torch.Tensor:
-        """``n`` exact draws of the piecewise-constant law (a cell by its mass, then uniform in it)."""
+        """``n`` exact draws of the piecewise-constant law (a cell by its mass, then uniform in it).
+
+        Parameters
+        ----------
+        n : int
+            Number of draws.
+        generator : None, int, torch.Generator or numpy Generator
+            Source of randomness.
+        """
         n = _checks.positive_int(n, "n")
         gen = _checks.generator(generator)
         cell = torch.multinomial(self.masses.reshape(-1), n, replacement=True, generator=gen)
@@ -478,7 +576,13 @@ class TorsionalMolecule:
 
     def energy(self, phi) -> torch.Tensor:
         r"""MMFF energy (kcal/mol) of the reference geometry with its torsions set to each row of ``phi`` (n, k),
-        minus :attr:`minimum_energy`: the torsion energy :math:`U(\varphi)` (rigid rotation about the bonds)."""
+        minus :attr:`minimum_energy`: the torsion energy :math:`U(\varphi)` (rigid rotation about the bonds).
+
+        Parameters
+        ----------
+        phi : torch.Tensor
+            Torsion angles in radians, shape (n, k).
+        """
         phi = _angles(torch.as_tensor(phi, dtype=torch.float64) if not isinstance(phi, torch.Tensor) else phi,
                       "phi")
         if phi.shape[1] != self.n_torsions:
@@ -496,7 +600,13 @@ class TorsionalMolecule:
 
     def energy_grid(self, n_grid: int) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`energy` on the product grid of cell midpoints :math:`-\\pi + 2\\pi(j + 1/2)/n`: (nodes (n,),
-        energies (n,) * k)."""
+        energies (n,) * k).
+
+        Parameters
+        ----------
+        n_grid : int
+            Grid points per torsion.
+        """
         n = _checks.positive_int(n_grid, "n_grid", 4)
         nodes = -math.pi + _TWO_PI * (torch.arange(n, dtype=torch.float64) + 0.5) / n
         mesh = torch.cartesian_prod(*[nodes] * self.n_torsions).reshape(-1, self.n_torsions)
@@ -504,7 +614,15 @@ class TorsionalMolecule:
 
     @staticmethod
     def boltzmann_weights(energies, temperature: float) -> torch.Tensor:
-        r""":math:`e^{-U/k_BT}` normalised to sum to one (a law on the grid cells), T in kelvin."""
+        r""":math:`e^{-U/k_BT}` normalised to sum to one (a law on the grid cells), T in kelvin.
+
+        Parameters
+        ----------
+        energies : array_like
+            Energies in kcal/mol.
+        temperature : float
+            In kelvin.
+        """
         T = float(temperature)
         if not (math.isfinite(T) and T > 0):
             raise ValueError(f"temperature must be finite and > 0 (kelvin), got {temperature}")
@@ -521,6 +639,19 @@ class TorsionalMolecule:
         cell drawn in proportion to the envelope's mass, and kept with probability :math:`e^{-U/k_BT}` over the
         envelope.  An acceptance ratio above one (an envelope that is not one) raises ``RuntimeError``.  Returns the
         draws (n, k) and the acceptance rate.
+
+        Parameters
+        ----------
+        n : int
+            Number of draws.
+        temperature : float
+            In kelvin.
+        n_grid : int
+            Envelope cells per torsion.
+        margin : float
+            Envelope margin, in units of k_B T.
+        generator : None, int, torch.Generator or numpy Generator
+            Source of randomness.
         """
         n = _checks.positive_int(n, "n")
         g = _checks.positive_int(n_grid, "n_grid", 4)

@@ -119,7 +119,19 @@ class PottsModel:
     @classmethod
     def random(cls, length: int, alphabet: str, *, field_scale: float = 1.0, coupling_scale: float = 0.5,
                generator=None) -> PottsModel:
-        """Fields and couplings with independent normal entries of the given scales (couplings symmetrised)."""
+        """Fields and couplings with independent normal entries of the given scales (couplings symmetrised).
+
+        Parameters
+        ----------
+        length : int
+            L, at least 2.
+        alphabet : str
+            The S letters.
+        field_scale, coupling_scale : float
+            Standard deviations of the fields and of the couplings.
+        generator : None, int, torch.Generator or numpy Generator
+            Source of randomness.
+        """
         alphabet = _check_alphabet(alphabet)
         L = _checks.positive_int(length, "length", 2)
         S = len(alphabet)
@@ -134,7 +146,15 @@ class PottsModel:
 
     # -- sequences and strings ------------------------------------------------------------------------------
     def check_tokens(self, x, name: str = "x") -> torch.Tensor:
-        """An integer tensor (n, L) of tokens in {0, ..., S-1}, as long (clear errors otherwise)."""
+        """An integer tensor (n, L) of tokens in {0, ..., S-1}, as long (clear errors otherwise).
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Tokens, a long tensor (n, L).
+        name : str
+            The argument's name, for the messages.
+        """
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"{name} must be a torch tensor of tokens (n, {self.L}); use encode() for strings")
         if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
@@ -147,7 +167,13 @@ class PottsModel:
         return x.long()
 
     def encode(self, sequences) -> torch.Tensor:
-        """Strings (one or a list) of length L over the alphabet as tokens (n, L); other letters raise."""
+        """Strings (one or a list) of length L over the alphabet as tokens (n, L); other letters raise.
+
+        Parameters
+        ----------
+        sequences : str or list of str
+            Strings of length L over the alphabet.
+        """
         if isinstance(sequences, str):
             sequences = [sequences]
         rows = []
@@ -163,7 +189,13 @@ class PottsModel:
         return torch.tensor(rows, dtype=torch.long).reshape(-1, self.L)
 
     def decode(self, x) -> list[str]:
-        """Tokens (n, L) as strings."""
+        """Tokens (n, L) as strings.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Tokens, a long tensor (n, L).
+        """
         x = self.check_tokens(x)
         return ["".join(self.alphabet[int(a)] for a in row) for row in x]
 
@@ -172,13 +204,25 @@ class PottsModel:
         return self._states.clone()
 
     def index(self, x) -> torch.Tensor:
-        """The position of each row of ``x`` in :meth:`states`."""
+        """The position of each row of ``x`` in :meth:`states`.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Tokens, a long tensor (n, L).
+        """
         x = self.check_tokens(x)
         return (x * self.S ** torch.arange(self.L - 1, -1, -1)).sum(1)
 
     # -- the law -------------------------------------------------------------------------------------------
     def unnormalized_log_prob(self, x) -> torch.Tensor:
-        r""":math:`\sum_l h_l(w^l) + \sum_{l<m} J_{lm}(w^l, w^m)` for each row, shape (n,)."""
+        r""":math:`\sum_l h_l(w^l) + \sum_{l<m} J_{lm}(w^l, w^m)` for each row, shape (n,).
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Tokens, a long tensor (n, L).
+        """
         x = self.check_tokens(x)
         L = self.L
         field = self.fields[torch.arange(L), x].sum(1)
@@ -186,7 +230,13 @@ class PottsModel:
         return field + 0.5 * pair.sum((1, 2))
 
     def log_prob(self, x) -> torch.Tensor:
-        """The exact log-likelihood (naturalness) :math:`\\log p(w)` of each row, shape (n,)."""
+        """The exact log-likelihood (naturalness) :math:`\\log p(w)` of each row, shape (n,).
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Tokens, a long tensor (n, L).
+        """
         return self.unnormalized_log_prob(x) - self.log_z
 
     def law(self) -> torch.Tensor:
@@ -194,7 +244,15 @@ class PottsModel:
         return self._law.clone()
 
     def sample(self, n: int, generator=None) -> torch.Tensor:
-        """``n`` exact draws (n, L) from the enumerated law."""
+        """``n`` exact draws (n, L) from the enumerated law.
+
+        Parameters
+        ----------
+        n : int
+            Number of draws.
+        generator : None, int, torch.Generator or numpy Generator
+            Source of randomness.
+        """
         n = _checks.positive_int(n, "n")
         idx = torch.multinomial(self._law, n, replacement=True, generator=_checks.generator(generator))
         return self._states[idx]
@@ -205,6 +263,17 @@ class PottsModel:
         Position l is redrawn from :math:`p(w^l = a \mid w^{-l}) \propto \exp(h_l(a) + \sum_{m \ne l}
         J_{lm}(a, w^m))`; the chain is reversible with respect to p, so the final states are draws of p up to the
         mixing error.  ``start`` (n_chains, L) defaults to uniform tokens.  Returns the final states (n_chains, L).
+
+        Parameters
+        ----------
+        n_chains : int
+            Number of parallel chains.
+        n_sweeps : int
+            Sweeps over all positions.
+        start : torch.Tensor, optional
+            Initial tokens (n_chains, L); uniform tokens by default.
+        generator : None, int, torch.Generator or numpy Generator
+            Source of randomness.
         """
         n = _checks.positive_int(n_chains, "n_chains")
         sweeps = _checks.positive_int(n_sweeps, "n_sweeps")
@@ -236,7 +305,15 @@ def _tokens(x) -> torch.Tensor:
 
 
 def motif_count(x, motif) -> torch.Tensor:
-    """The number of (possibly overlapping) occurrences of the token pattern ``motif`` in each row, shape (n,)."""
+    """The number of (possibly overlapping) occurrences of the token pattern ``motif`` in each row, shape (n,).
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        Tokens, a long tensor (n, L).
+    motif : sequence of int
+        The token pattern, 1 to L tokens.
+    """
     x = _tokens(x)
     motif = torch.as_tensor(list(motif), dtype=torch.long)
     k = motif.numel()
@@ -247,7 +324,15 @@ def motif_count(x, motif) -> torch.Tensor:
 
 
 def letter_count(x, tokens) -> torch.Tensor:
-    """The number of positions of each row holding one of ``tokens`` (a composition), shape (n,)."""
+    """The number of positions of each row holding one of ``tokens`` (a composition), shape (n,).
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        Tokens, a long tensor (n, L).
+    tokens : sequence of int
+        The tokens counted.
+    """
     x = _tokens(x)
     tokens = torch.as_tensor(list(tokens), dtype=torch.long)
     if tokens.numel() < 1:
@@ -256,7 +341,15 @@ def letter_count(x, tokens) -> torch.Tensor:
 
 
 def property_mask(values, E: Iterable) -> torch.Tensor:
-    r"""The indicator :math:`f(w) \in E` from property values (n,) and a set E of wanted values; E empty raises."""
+    r"""The indicator :math:`f(w) \in E` from property values (n,) and a set E of wanted values; E empty raises.
+
+    Parameters
+    ----------
+    values : array_like
+        Property values f(w), shape (n,).
+    E : iterable
+        The wanted values; must not be empty.
+    """
     try:
         wanted = sorted(set(E))
     except TypeError as err:
@@ -271,6 +364,13 @@ def conditional_law(law, mask) -> torch.Tensor:
     r"""The conditional law :math:`p(w \mid w \in E) = p(w)\mathbf 1_E(w)/P(E)` on the same states.
 
     Raises ``ValueError`` when E is empty or has probability zero under ``law``.
+
+    Parameters
+    ----------
+    law : array_like
+        A law on the states, shape (M,).
+    mask : array_like of bool
+        The indicator of E on the same states, shape (M,).
     """
     p = torch.as_tensor(law, dtype=torch.float64).reshape(-1)
     mask = torch.as_tensor(mask, dtype=torch.bool).reshape(-1)
@@ -290,6 +390,21 @@ def rejection_sample(sample: Callable, accept: Callable, n: int, *, batch: int =
 
     ``sample(m, generator)`` draws m proposals (m, L), ``accept(x)`` says which are kept (bool, (m,)).  Returns the
     first n accepted rows and the number of proposals drawn, about :math:`n / P(\text{accept})`.
+
+    Parameters
+    ----------
+    sample : callable
+        ``sample(m, generator)`` returns m proposals (m, L).
+    accept : callable
+        ``accept(x)`` returns a bool tensor (m,).
+    n : int
+        Number of accepted draws wanted.
+    batch : int
+        Proposals per round.
+    max_draws : int
+        Give up (RuntimeError) after this many proposals.
+    generator : None, int, torch.Generator or numpy Generator
+        Source of randomness.
     """
     n = _checks.positive_int(n, "n")
     batch = _checks.positive_int(batch, "batch")
@@ -321,6 +436,15 @@ def exact_log_classifier(process: FactorizedCTMC, p_data, mask) -> Callable:
 
     :math:`c_t(x) = \sum_{x_0 \in E} p(x_0) K_t(x\mid x_0) / \sum_{x_0} p(x_0) K_t(x \mid x_0)` with the factorised
     kernel :math:`K_t(x\mid x_0) = \prod_l [e^{tQ}]_{x^l x_0^l}`; :math:`-\infty` where it is zero.
+
+    Parameters
+    ----------
+    process : FactorizedCTMC
+        The forward chain.
+    p_data : array_like
+        The data law on ``process.data_states()``.
+    mask : array_like of bool
+        The indicator of E on the same states.
     """
     if not isinstance(process, FactorizedCTMC):
         raise TypeError(f"process must be a FactorizedCTMC, got {type(process).__name__}")
@@ -418,6 +542,15 @@ class NoisyPropertyClassifier(nn.Module):
                             _checks.positive_int(depth, "depth"), 1)
 
     def forward(self, x, t) -> torch.Tensor:
+        """The logit of :math:`P(f(X_0) \\in E \\mid X_t = x)`, shape (n,).
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Tokens, a long tensor (n, L).
+        t : float or torch.Tensor
+            Time(s) > 0, a number or one per row.
+        """
         pr = self.process
         x = pr.check_tokens(x)
         t = _positive_times(t)
@@ -427,7 +560,15 @@ class NoisyPropertyClassifier(nn.Module):
         return self.net(z.to(self.net[0].weight))[:, 0]
 
     def log_prob(self, x, t) -> torch.Tensor:
-        """:math:`\\log\\sigma(\\text{logit})`, shape (n,), float64."""
+        """:math:`\\log\\sigma(\\text{logit})`, shape (n,), float64.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Tokens, a long tensor (n, L).
+        t : float or torch.Tensor
+            Time(s) > 0, a number or one per row.
+        """
         return nn.functional.logsigmoid(self.forward(x, t)).double()
 
 
@@ -439,6 +580,21 @@ def property_classifier_loss(model: NoisyPropertyClassifier, x0, label, *, t_min
 
     Its minimiser is :math:`c_t(x) = P(f(X_0) \in E \mid X_t = x)` at every t.  Fits
     :func:`diffnotes.training.train` (``loss_fn(model, x0, label, generator=...)``).
+
+    Parameters
+    ----------
+    model : NoisyPropertyClassifier
+        The classifier.
+    x0 : torch.Tensor
+        Clean data tokens (n, L).
+    label : array_like
+        The labels 1[f(x0) in E], shape (n,).
+    t_min, T : float
+        The range of the training times, 0 < t_min < T.
+    spacing : {'uniform', 'log'}
+        Law of the times: uniform in t or in log t.
+    generator : None, int, torch.Generator or numpy Generator
+        Source of randomness.
     """
     pr = model.process
     x0 = pr.check_tokens(x0, "x0", data=True)
