@@ -567,6 +567,7 @@ class StepControl(nn.Module):
         self.offsets = nn.Parameter(torch.zeros(self.times.numel(), self.dim, dtype=torch.float64))
 
     def forward(self, x: torch.Tensor, t) -> torch.Tensor:
+        """The offset of the grid time nearest to each row's time t, shape like x (n, dim)."""
         x = _checks.points(x, "x", self.dim)
         tr = _checks.time_rows(t, x.shape[0], x).to(torch.float64)
         gap = (tr[:, None] - self.times[None, :]).abs()
@@ -593,6 +594,7 @@ class ControlledScore(nn.Module):
         self.control = control
 
     def forward(self, x: torch.Tensor, t) -> torch.Tensor:
+        """The controlled score: the reference score plus the control at (x, t)."""
         return self.reference(x, t) + self.control(x, t)
 
 

@@ -278,6 +278,7 @@ class LinearGaussianScore(nn.Module):
         self.log_var = nn.Parameter(torch.log(v))
 
     def forward(self, x: torch.Tensor, t) -> torch.Tensor:
+        """The score of the Gaussian with the current mean and variances, diffused to time t, at the rows of x."""
         x = _checks.points(x, "x", self.mu.numel())
         tr = _checks.time_rows(t, x.shape[0], x).to(torch.float64)
         al = self.sde.alpha(tr)[:, None]
