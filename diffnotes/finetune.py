@@ -567,7 +567,7 @@ class StepControl(nn.Module):
         self.offsets = nn.Parameter(torch.zeros(self.times.numel(), self.dim, dtype=torch.float64))
 
     def forward(self, x: torch.Tensor, t) -> torch.Tensor:
-        """The offset of the grid time nearest to each row's time t, shape like x (n, dim)."""
+        """The offset of each row's grid time t (t must be one of the grid times), shape like x (n, dim)."""
         x = _checks.points(x, "x", self.dim)
         tr = _checks.time_rows(t, x.shape[0], x).to(torch.float64)
         gap = (tr[:, None] - self.times[None, :]).abs()
