@@ -16,6 +16,7 @@ from _parity import SCHEDULES, run, setup, start  # noqa: E402
 from diffnotes.samplers import ddim, ddpm, diffusers_ddim_arrivals, dpm_solver_pp  # noqa: E402
 
 STEPS = [5, 7, 10, 13, 25, 30, 50, 64, 333]  # 7, 13, 30, 64, 333 do not divide 1000
+FEWER = [5, 7, 10, 13, 30, 64]  # for the schedulers whose differences are round-off only
 FLOAT32 = 1e-5  # diffusers keeps alphas_cumprod (and DPM-Solver's and Euler's state) in float32
 
 
@@ -94,7 +95,7 @@ def _float32_tol(schedule, n):
 
 
 @pytest.mark.parametrize("schedule", SCHEDULES)
-@pytest.mark.parametrize("n", STEPS)
+@pytest.mark.parametrize("n", FEWER)
 def test_euler_is_ddim_in_variance_exploding_coordinates(n, schedule):
     sched, sde, target, eps_model = setup(diffusers.EulerDiscreteScheduler, schedule, final_sigmas_type="zero")
     sched.set_timesteps(n)
@@ -106,7 +107,7 @@ def test_euler_is_ddim_in_variance_exploding_coordinates(n, schedule):
 
 
 @pytest.mark.parametrize("schedule", SCHEDULES)
-@pytest.mark.parametrize("n", STEPS)
+@pytest.mark.parametrize("n", FEWER)
 def test_dpm_solver_pp_2m(n, schedule):
     sched, sde, target, eps_model = setup(diffusers.DPMSolverMultistepScheduler, schedule,
                                           algorithm_type="dpmsolver++", solver_order=2, final_sigmas_type="zero")
