@@ -50,6 +50,8 @@ DOCUMENTED_MODULES = [
     "diffnotes.rates",
     "diffnotes.plotting",
     "diffnotes.reward",
+    "diffnotes.sequences",
+    "diffnotes.molecules",
 ]
 
 
