@@ -119,7 +119,15 @@ class RadialPointMassEnv(gym.Env):
         self._k = 0
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
-        """Start an episode at a uniform point of the start square; returns ``(observation, info)``."""
+        """Start an episode at a uniform point of the start square; returns ``(observation, info)``.
+
+        Parameters
+        ----------
+        seed : int, optional
+            Seeds the environment's ``np_random``.
+        options : dict, optional
+            Unused (Gymnasium API).
+        """
         super().reset(seed=seed)
         w = self.start_half_width
         self._s = self.np_random.uniform(-w, w, size=2)
@@ -129,7 +137,10 @@ class RadialPointMassEnv(gym.Env):
     def step(self, action):
         """Move by ``dt * clip(action)``; returns ``(obs, reward, terminated, truncated, info)``.
 
-        Raises ``ValueError`` for an action that is not of shape (2,) or not finite.
+        Parameters
+        ----------
+        action : array_like
+            A velocity, shape (2,); ``ValueError`` if it is not of that shape or not finite.
         """
         a = _finite_array(action, "action", (2,))
         s_next = np.clip(self._s + self.dt * np.clip(a, -1.0, 1.0), -self.bound, self.bound)
@@ -142,8 +153,19 @@ class RadialPointMassEnv(gym.Env):
 # -- offline data ----------------------------------------------------------------------------------------------
 @dataclass
 class TrajectoryData:
-    """Logged episodes: states (n, H + 1, 2), actions (n, H, 2), returns (n,) (float64 tensors), and whether each
-    episode came from the random policy (n,) bool."""
+    """Logged episodes of :func:`offline_trajectories`.
+
+    Attributes
+    ----------
+    states : torch.Tensor
+        The visited states, (n, H + 1, 2), float64.
+    actions : torch.Tensor
+        The actions played, (n, H, 2), float64.
+    returns : torch.Tensor
+        The returns, (n,), float64.
+    random : torch.Tensor
+        Whether each episode came from the random policy, (n,) bool.
+    """
 
     states: torch.Tensor
     actions: torch.Tensor
@@ -161,7 +183,7 @@ def offline_trajectories(n_episodes: int, *, horizon: int = 16, random_fraction:
     r"""Episodes of scripted and random policies in :class:`RadialPointMassEnv`: offline data with a spread of returns.
 
     A fraction ``random_fraction`` of the episodes plays i.i.d. uniform actions on :math:`[-1, 1]^2` (a random walk,
-    returns around 0.3 for H = 16).  The others are scripted: each draws a heading :math:`\theta \sim \mathsf U[0,
+    returns mostly below 0.6 for H = 16).  The others are scripted: each draws a heading :math:`\theta \sim \mathsf U[0,
     2\pi)` and a speed :math:`v \sim \mathsf U[0, v_{\max}]` and plays :math:`a_k = v(\cos\theta, \sin\theta) +
     \xi_k`, :math:`\xi_k \sim \mathsf U[-\texttt{action\_noise}, \texttt{action\_noise}]^2`, with return close to
     :math:`v H \Delta` (at most about 1.2 for the defaults).  Every action lies inside the action box, so the logged
@@ -281,7 +303,13 @@ class InverseDynamics:
         return self._features(s, s_next) @ self.weights
 
     def on_trajectories(self, states) -> torch.Tensor:
-        """The actions between consecutive states of trajectories (n, H + 1, d); returns (n, H, d_a)."""
+        """The actions between consecutive states of trajectories; returns (n, H, d_a).
+
+        Parameters
+        ----------
+        states : torch.Tensor
+            Trajectories (n, H + 1, d), H >= 1.
+        """
         s = _states(states, "states", self.state_dim)
         n, L, d = s.shape
         if L < 2:
@@ -336,7 +364,17 @@ class TrajectoryScoreMLP(nn.Module):
             self.net = _mlp(self.dim + 2 + self.embedding.n_features, int(hidden), int(depth), self.dim)
 
     def forward(self, x: torch.Tensor, y, t) -> torch.Tensor:
-        """The network output for trajectories x (n, D), returns y (n,) (NaN: no condition) and times t."""
+        """The network output, shaped like x.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Noisy flattened trajectories (n, D).
+        y : float or torch.Tensor
+            Returns, one or one per row; NaN marks the null condition.
+        t : float or torch.Tensor
+            Times, one or one per row.
+        """
         x = _checks.points(x, "x", self.dim)
         p = next(self.parameters())
         y = torch.as_tensor(y, dtype=p.dtype, device=x.device).reshape(-1)
@@ -483,7 +521,9 @@ class DecisionDiffuser:
     :cite:p:`ajay2023conditional` and of Diffuser :cite:p:`janner2022planning`) or :func:`diffnotes.inpainting.repaint`
     :cite:p:`lugmayr2022repaint`, on the score guided to a target return by :func:`return_guidance` (or the
     unconditional score when no target is given).  :meth:`actions` turns the plans into actions with the
-    :class:`InverseDynamics` model.  The network sees trajectories divided by ``scale``.  Book chapter *Planning with
+    :class:`InverseDynamics` model.  A plan is Tweedie's estimate :math:`(x + h\,s(x, t_0))/\alpha(t_0)` at the
+    last time of the grid, with the fixed states put back exactly.  The network sees trajectories divided by
+    ``scale``.  Book chapter *Planning with
     diffusion*.
 
     Parameters
@@ -574,7 +614,13 @@ class DecisionDiffuser:
         return plans
 
     def actions(self, plans) -> torch.Tensor:
-        """The inverse-dynamics actions (n, H, d_a) of plans (n, H + 1, d)."""
+        """The inverse-dynamics actions (n, H, d_a) of the plans.
+
+        Parameters
+        ----------
+        plans : torch.Tensor
+            Plans (n, H + 1, d).
+        """
         return self.inverse_dynamics.on_trajectories(plans)
 
 
@@ -646,7 +692,17 @@ def fit_decision_diffuser(data: TrajectoryData, *, sde: VPSDE | None = None, t0:
 
 # -- the pipeline in the environment ----------------------------------------------------------------------------
 def reset_states(n_episodes: int, *, seed: int = 0, max_steps: int = 16) -> torch.Tensor:
-    """The start states (n, 2) of :class:`RadialPointMassEnv` episodes reset with seeds ``seed + i`` (float64)."""
+    """The start states (n, 2) of :class:`RadialPointMassEnv` episodes reset with seeds ``seed + i`` (float64).
+
+    Parameters
+    ----------
+    n_episodes : int
+        Number of episodes.
+    seed : int
+        Episode i is reset with seed ``seed + i``.
+    max_steps : int
+        Episode length of the environment.
+    """
     n_episodes = _checks.positive_int(n_episodes, "n_episodes")
     seed = _checks.positive_int(seed, "seed", minimum=0)
     env = RadialPointMassEnv(max_steps=max_steps)
@@ -655,7 +711,15 @@ def reset_states(n_episodes: int, *, seed: int = 0, max_steps: int = 16) -> torc
 
 @dataclass
 class Execution:
-    """Outcome of :func:`execute`: the visited states (n, H + 1, 2) and the returns (n,), float64 numpy arrays."""
+    """Outcome of :func:`execute`.
+
+    Attributes
+    ----------
+    states : numpy.ndarray
+        The visited states, (n, H + 1, 2).
+    returns : numpy.ndarray
+        The returns, (n,).
+    """
 
     states: np.ndarray
     returns: np.ndarray
@@ -694,9 +758,25 @@ def execute(actions, *, seed: int = 0) -> Execution:
 
 @dataclass
 class PlanResult:
-    """Every stage of :func:`plan_and_execute` (review Fig. 3): the target returns (n,), the start states (n, 2),
-    the plans (n, H + 1, 2), the inverse-dynamics actions (n, H, 2), the executed states (n, H + 1, 2), the
-    planned returns :math:`\\|\\hat s_H\\| - \\|s_0\\|` and the executed returns (n,)."""
+    """Every stage of :func:`plan_and_execute` (review Fig. 3), as numpy arrays.
+
+    Attributes
+    ----------
+    target : numpy.ndarray
+        The target returns, (n,).
+    start : numpy.ndarray
+        The start states, (n, 2).
+    plans : numpy.ndarray
+        The plans, (n, H + 1, 2).
+    actions : numpy.ndarray
+        The inverse-dynamics actions, (n, H, 2).
+    executed : numpy.ndarray
+        The executed states, (n, H + 1, 2).
+    planned_returns : numpy.ndarray
+        :math:`\\|\\hat s_H\\| - \\|s_0\\|` of the plans, (n,).
+    returns : numpy.ndarray
+        The executed returns, (n,).
+    """
 
     target: np.ndarray
     start: np.ndarray
@@ -776,11 +856,29 @@ class GaussianTrajectoryPlanner:
         self.cov = resid.T @ resid / n + 1e-10 * torch.eye(tau.shape[1], dtype=torch.float64)
 
     def features(self, y: torch.Tensor) -> torch.Tensor:
-        r"""The features :math:`(1, y, \dots, y^p)` of returns (n,), shape (n, p + 1)."""
+        r"""The features :math:`(1, y, \dots, y^p)`, shape (n, p + 1).
+
+        Parameters
+        ----------
+        y : torch.Tensor
+            Returns, (n,).
+        """
         return torch.stack([y**k for k in range(self.degree + 1)], dim=1)
 
     def plan(self, start, target=None, *, goal=None, generator=None) -> torch.Tensor:
-        """Plans (n, H + 1, d) from ``start`` (n, d) for target return(s) (None: the data's mean return)."""
+        """Plans (n, H + 1, d): the conditional mean, or a draw, of the Gaussian given the fixed states.
+
+        Parameters
+        ----------
+        start : torch.Tensor
+            The start states (n, d).
+        target : float or array_like, optional
+            Target return(s), finite; None only for ``degree=0`` (an unconditional model).
+        goal : torch.Tensor, optional
+            Goal states (n, d), fixed as the last state.
+        generator : int, torch.Generator or numpy.random.Generator, optional
+            Source of the draws (``mode="sample"``).
+        """
         start = _states(start, "start", self.state_dim, ndim=2).detach().to(torch.float64)
         n, d = start.shape
         if target is None:
@@ -810,5 +908,11 @@ class GaussianTrajectoryPlanner:
         return x.reshape(n, self.horizon + 1, d)
 
     def actions(self, plans) -> torch.Tensor:
-        """The inverse-dynamics actions (n, H, d_a) of plans (n, H + 1, d)."""
+        """The inverse-dynamics actions (n, H, d_a) of the plans.
+
+        Parameters
+        ----------
+        plans : torch.Tensor
+            Plans (n, H + 1, d).
+        """
         return self.inverse_dynamics.on_trajectories(plans)
