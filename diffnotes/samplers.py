@@ -402,6 +402,13 @@ def _ddim(run, x, t, t_next, eta: float = 0.0, arrival=None):
     steps from timestep j to j - N // n whatever the next timestep is, so that for step counts n that do not
     divide N = 1000 its trailing and linspace grids are not what it integrates (:func:`diffusers_ddim_arrivals`
     gives its arrival times; book page *Parity with diffusers*).
+
+    Parameters
+    ----------
+    eta : float
+        The noise parameter in [0, 1] (0: deterministic DDIM, 1: DDPM).
+    arrival : tensor, optional
+        One arrival time per step, each below its step's start (default: the next grid time, the method).
     """
     if arrival is not None:
         if run.step_index == 0 and len(arrival) != run.n_steps:
