@@ -52,6 +52,7 @@ DOCUMENTED_MODULES = [
     "diffnotes.reward",
     "diffnotes.sequences",
     "diffnotes.molecules",
+    "diffnotes.planning",
 ]
 
 
