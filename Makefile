@@ -133,8 +133,11 @@ site-test: $(STAMP)
 
 # ---------------------------------------------------------------------------------------------- benchmark
 
-# diffusers' schedulers against diffnotes' samplers on one exact score (not part of `make test`): writes
-# _build/bench/report.md, bench_samplers.png and results.json. About 2-4 minutes on 2 cores.
+# diffusers' schedulers against diffnotes' samplers (the default `samplers.sample` and every named sampler) on exact
+# scores at 5 and 10 evaluations, and on a DSM-trained network (not part of `make test`): writes
+# _build/bench/report.md, bench_samplers.png and results.json. About 9 minutes on 2 cores (measured 519 s while
+# other work ran). `python bench/grid_rule.py` (about a minute) re-derives the default's grid on its own family of
+# Gaussian mixtures and fails if DEFAULT_CONFIG disagrees.
 bench: $(STAMP)
 	python bench/bench_samplers.py
 
