@@ -353,3 +353,25 @@ def test_oracle_inputs_are_validated():
         gaussian_output_law_full(euler_maruyama, target, times, score=3.0)
     with pytest.raises(ValueError, match="decreasing"):
         gaussian_path_kl(euler_maruyama, target, times.flip(0))
+
+
+def test_standard_normal_step_kl_is_the_oracles_per_step_term():
+    """On N(0, I) data every per-step term of the grid path KL of the exponential integrator is the closed form."""
+    from diffnotes.oracle import standard_normal_step_kl
+    from diffnotes.samplers import exponential_integrator, time_grid
+    from diffnotes.sde import ConstantVP
+    from diffnotes.targets import Gaussian
+
+    sde = ConstantVP(T=12.0)
+    for D, n, spacing in [(1, 16, "uniform"), (3, 64, "log")]:
+        grid = time_grid(sde, 1e-3, n, spacing)
+        run = gaussian_path_kl(exponential_integrator, Gaussian(np.zeros(D), np.eye(D), sde=sde), grid)
+        steps = (grid[:-1] - grid[1:]).numpy()
+        # round-off of either side ~ eps / A for the smallest step A ~ 1e-4
+        np.testing.assert_allclose(run.steps.numpy(), standard_normal_step_kl(steps, D), rtol=1e-10)
+    # small steps: D A^2 / 4 to leading order
+    assert standard_normal_step_kl(1e-3, 2) == pytest.approx(2 * 1e-6 / 4, rel=2e-3)
+    with pytest.raises(ValueError, match="positive"):
+        standard_normal_step_kl([0.1, 0.0])
+    with pytest.raises(ValueError):
+        standard_normal_step_kl(0.1, 0)
