@@ -237,7 +237,7 @@ class KernelScore(_KernelBase):
     shrunk toward zero where it is not (far from the data, where :math:`\nabla\log\hat p_t` is dominated by a few
     points).  At t -> 0 this is exactly the estimator of Wibisono, Wu and Yang for the score of the data law, whose
     squared :math:`L^2` error attains the minimax rate :math:`\tilde\Theta(n^{-2/(d+4)})` with
-    :math:`\sigma \asymp n^{-1/(d+4)}` (review Section 4.2.2, book chapter *Sample complexity of score estimation*).
+    :math:`\sigma \asymp n^{-1/(d+4)}` (review Section 4.2, book chapter *Sample complexity of score estimation*).
     As :math:`\sigma \to 0` with no floor it tends to :class:`EmpiricalScore`.
 
     Parameters

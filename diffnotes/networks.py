@@ -4,7 +4,7 @@ Section 4.1 of the review (book chapter *Learning the score*) fits a score :math
 from a class :math:`\mathcal S` of neural networks (Remark 1: in practice a U-Net or transformer with a time
 embedding; here, for 2-D and low-dimensional toys, a multilayer perceptron).  Section 5.1 (book chapter *Conditional
 diffusion and guidance*) adds a label input with one extra *null* label :math:`\varnothing` so that one network
-learns both the conditional and the unconditional score (classifier-free guidance).  Section 4.2.1 (book chapter
+learns both the conditional and the unconditional score (classifier-free guidance).  Section 4.2 (book chapter
 *Score approximation*) adds two networks with structure: the encoder-decoder score network of Chen, Huang, Zhao and
 Wang for data on a linear subspace (:class:`EncoderDecoderScore`, the review's Fig. 5) and a small convolutional
 U-Net for images (:class:`UNet`, the review's Fig. 4).
@@ -245,9 +245,9 @@ class ConditionalScoreMLP(nn.Module):
         return self.net(features).to(dtype=x.dtype, device=x.device)
 
 
-# -- networks with structure (review Section 4.2.1) ----------------------------------------------------------
+# -- networks with structure (review Section 4.2) ----------------------------------------------------------
 def n_parameters(module: nn.Module, trainable: bool = True) -> int:
-    """The number of (trainable, by default) scalar parameters of a module: the network size of Section 4.2.1."""
+    """The number of (trainable, by default) scalar parameters of a module: the network size of Section 4.2."""
     if not isinstance(module, nn.Module):
         raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable)
@@ -291,7 +291,7 @@ class EncoderDecoderScore(nn.Module):
 
     a linear encoder :math:`V^\top` to d latent coordinates, a small network :math:`f_\theta` in d dimensions, a
     linear decoder :math:`V`, and the skip connection :math:`-x/h(t)` -- the simplified U-Net of the review's Fig. 5
-    (Section 4.2.1; book chapter *Score approximation*) :cite:p:`chen2023score`.  It matches the decomposition of
+    (Section 4.2; book chapter *Score approximation*) :cite:p:`chen2023score`.  It matches the decomposition of
     the score of data :math:`x = Az` on a d-dimensional subspace,
 
     .. math::
@@ -460,7 +460,7 @@ class UNet(nn.Module):
     r"""A compact convolutional U-Net for small images, on flat tensors: :math:`(x, t)\mapsto f_\theta(x, t)`.
 
     The U-Net of Ronneberger, Fischer and Brox :cite:p:`ronneberger2015unet` as used for diffusion by DDPM
-    :cite:p:`ho2020denoising` (the review's Fig. 4 and Remark 1; Section 4.2.1, book chapter *Score
+    :cite:p:`ho2020denoising` (the review's Fig. 4 and Remark 1; Section 4.2, book chapter *Score
     approximation*), reduced to its skeleton:
 
     * a 3x3 convolution from the C image channels to ``channels[0]``;
