@@ -231,7 +231,7 @@ class _Run(_Loop):
 
 
 def _ddim_rows(score, sde, x, t, t_next, substeps: int = 1) -> torch.Tensor:
-    r"""Deterministic DDIM steps with one time per row, :math:`t 	o t'` in ``substeps`` equal parts of
+    r"""Deterministic DDIM steps with one time per row, :math:`t \to t'` in ``substeps`` equal parts of
     :math:`G = \int_0^t g`: the DDIM step of :func:`ddim` (``eta = 0``) for a batch whose rows sit at different times
     (the teacher step of :func:`diffnotes.acceleration.consistency_distillation_loss`).  ``t`` and ``t_next`` are
     (n,) tensors; ``score(x, t)`` is called with (n,) times."""
@@ -250,6 +250,56 @@ def _ddim_rows(score, sde, x, t, t_next, substeps: int = 1) -> torch.Tensor:
         x0 = (x + h * s) / a
         x = a2 * x0 - torch.sqrt(h2) * torch.sqrt(h) * s
     return x
+
+
+#: The arguments every sampler of this module takes, added to each sampler's docstring by :func:`_sampler`.
+_COMMON_PARAMETERS = """    score : callable
+        The score ``score(x, t)``, called with the current points (n, D) and one time per row (shape (n,)): an exact
+        target's ``.score``, an estimator's, or a network wrapped by :func:`~diffnotes.networks.as_score`.
+    x : torch.Tensor or tuple of int
+        The start: a floating tensor (n, D) (copied, never modified), or a shape (n, D) to start from N(0, I)
+        draws of ``generator``.
+    times : torch.Tensor
+        The time grid, strictly decreasing inside (0, T] (e.g. :func:`time_grid`); one step per interval.
+    sde : VPSDE, optional
+        The forward process (default :class:`~diffnotes.sde.ConstantVP`).
+    generator : None, int, torch.Generator or numpy.random.Generator
+        Source of the start (for a shape) and of every Gaussian draw; None draws fresh entropy.
+    noise : callable, optional
+        ``noise(like)`` returns the standard Gaussian draw of a step (shaped like ``like``) instead of
+        ``generator``: common random numbers across samplers or batches (e.g. :func:`block_noise`).
+    return_trajectory : bool
+        Also return the states after every step, the start first.
+    final_denoise : bool
+        After the last step, replace the state by Tweedie's denoised estimate
+        :math:`\\hat x_0 = (x + h\\,s(x, t_N))/\\alpha` at the last grid time (one more score call).
+"""
+
+_RETURNS = """
+    Returns
+    -------
+    torch.Tensor or (torch.Tensor, torch.Tensor)
+        The final states (n, D); with ``return_trajectory``, also the stack of states (steps + 1, n, D) (one
+        more with ``final_denoise``).
+
+    Raises
+    ------
+    FloatingPointError
+        If the states become non-finite (the step is too large for this score, or t0 too small).
+"""
+
+
+def _sampler_doc(doc: str) -> str:
+    """A step rule's docstring with the samplers' common parameters first in its Parameters section."""
+    doc = inspect.cleandoc(doc or "")
+    lines = ["    " + line if line else "" for line in doc.splitlines()[1:]]
+    head, body = doc.splitlines()[0], "\n".join(lines)
+    marker = "    Parameters\n    ----------\n"
+    if marker in body:
+        body = body.replace(marker, marker + _COMMON_PARAMETERS, 1)
+    else:
+        body = body.rstrip() + "\n\n" + marker + _COMMON_PARAMETERS
+    return head + "\n" + body.rstrip() + "\n" + _RETURNS
 
 
 #: Every sampler of this module, in the order defined; filled by :func:`_sampler` (the registry is the samplers).
@@ -280,7 +330,7 @@ def _sampler(step=None, *, check=None, deterministic: bool = False, evals_per_st
 
         sampler.__name__ = step.__name__.lstrip("_")
         sampler.__qualname__ = sampler.__name__
-        sampler.__doc__ = step.__doc__
+        sampler.__doc__ = _sampler_doc(step.__doc__)
         common = [p for p in inspect.signature(sampler).parameters.values() if p.kind != p.VAR_KEYWORD]
         extra = list(inspect.signature(step).parameters.values())[4:]
         sampler.__signature__ = inspect.Signature(common + [p.replace(kind=p.KEYWORD_ONLY) for p in extra])
@@ -441,6 +491,13 @@ def _predictor_corrector(run, x, t, t_next, n_corrector: int = 1, snr: float = 0
     :math:`h(t')` standing in for their ratio :math:`\|\xi\|^2/\|s\|^2` (the two agree for Gaussian data near the
     prior), chosen so that the step does not depend on x and the sampler stays linear on Gaussian data.
     Supporting material: not named in the review; :cite:t:`lee2022convergence` analyse such schemes.
+
+    Parameters
+    ----------
+    n_corrector : int
+        Langevin corrector steps after each predictor step, >= 0 (0: plain Euler-Maruyama).
+    snr : float
+        The signal-to-noise ratio of the corrector, > 0; the corrector step is :math:`2\,\mathrm{snr}^2 h(t')`.
     """
     dt = t - t_next
     g = _scalar(run.sde.g, t)
@@ -474,6 +531,13 @@ def _dpm_solver_pp(run, x, t, t_next, order: int = 2, lower_order_final: bool = 
     ``lower_order_final`` and fewer than 15 steps) the last step use :math:`D = \hat x_0^{(k)}`, which is DDIM.
     These are the choices of diffusers' ``DPMSolverMultistepScheduler`` (``algorithm_type="dpmsolver++"``,
     ``solver_type="midpoint"``).  :cite:p:`lu2022dpmsolverpp`.
+
+    Parameters
+    ----------
+    order : int
+        1 (every step is DDIM) or 2 (the multistep second-order update, the default).
+    lower_order_final : bool
+        Take the last step at first order when there are fewer than 15 steps (diffusers' default, for stability).
     """
     sde = run.sde
     a, a_next = _scalar(sde.alpha, t), _scalar(sde.alpha, t_next)

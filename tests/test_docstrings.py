@@ -23,8 +23,8 @@ import inspect
 import pytest
 
 #: Modules whose public callables are fully documented.  To be added when their docstrings are complete:
-#: diffnotes.samplers, diffnotes.targets, diffnotes.estimators, diffnotes.networks, diffnotes.discrete (and the
-#: newer application modules).  diffnotes.gmm_learning only re-exports diffnotes.optimization, checked here.
+#: diffnotes.targets, diffnotes.estimators, diffnotes.networks, diffnotes.discrete, diffnotes.finetune and
+#: diffnotes.stochastic_control.  diffnotes.gmm_learning only re-exports diffnotes.optimization, checked here.
 DOCUMENTED_MODULES = [
     "diffnotes.sde",
     "diffnotes.losses",
@@ -53,6 +53,7 @@ DOCUMENTED_MODULES = [
     "diffnotes.sequences",
     "diffnotes.molecules",
     "diffnotes.planning",
+    "diffnotes.samplers",
 ]
 
 
