@@ -57,6 +57,11 @@ def seeded(generator=None) -> Iterator[None]:
     weights are reproducible from the caller's generator and the global generator's state is the same after the
     block as before (nothing is seeded globally).  ``generator=None`` leaves the global generator in charge (the
     usual PyTorch behaviour).  Use it for one's own layers too: ``with seeded(gen): head = nn.Linear(4, 2)``.
+
+    Parameters
+    ----------
+    generator : None, int, torch.Generator or numpy.random.Generator
+        Source of the initial weights (one seed is drawn from it); None leaves torch's global generator in charge.
     """
     gen = _checks.generator(generator)
     if gen is None:
@@ -114,7 +119,13 @@ class SinusoidalEmbedding(nn.Module):
         """Embed an (n,) tensor of times; returns (n, n_features) in the dtype of ``t``.
 
         Non-finite times raise ``ValueError`` (every network of this module embeds its time here, so none of them
-        turns a NaN or infinite time into a silent NaN output)."""
+        turns a NaN or infinite time into a silent NaN output).
+
+        Parameters
+        ----------
+        t : torch.Tensor
+            Times, shape (n,), finite.
+        """
         if not bool(torch.all(torch.isfinite(t))):
             raise ValueError("the times t must be finite (got NaN or infinite values)")
         if self.kind == "log":
@@ -178,7 +189,15 @@ class ScoreMLP(nn.Module):
             self.net = _mlp(self.dim + self.embedding.n_features, int(hidden), int(depth), self.dim)
 
     def forward(self, x: torch.Tensor, t) -> torch.Tensor:
-        """The network output for inputs x (n, D) and times t (a float or an (n,) tensor), shaped like x."""
+        """The network output for inputs x (n, D) and times t, shaped like x.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Points, shape (n, D), floating.
+        t : float or torch.Tensor
+            One time for all rows or one per row (shape (n,)), finite (a diffusion time).
+        """
         x = _checks.points(x, "x", self.dim)
         p = _param_like(self)
         xp = x.to(dtype=p.dtype, device=p.device)
@@ -232,7 +251,17 @@ class ConditionalScoreMLP(nn.Module):
         return self.n_classes
 
     def forward(self, x: torch.Tensor, y, t) -> torch.Tensor:
-        """The output for x (n, D), labels y (an int or (n,) ints in 0..C, C meaning null) and times t."""
+        """The output for x (n, D), labels y and times t, shaped like x.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Points, shape (n, D), floating.
+        y : int or torch.Tensor
+            One label for all rows or one per row, in 0..C (C, ``null_label``, means no label).
+        t : float or torch.Tensor
+            One time for all rows or one per row (shape (n,)), finite (a diffusion time).
+        """
         x = _checks.points(x, "x", self.dim)
         p = _param_like(self)
         y = _checks.labels(y, x.shape[0], device=p.device)
@@ -247,7 +276,15 @@ class ConditionalScoreMLP(nn.Module):
 
 # -- networks with structure (review Section 4.2) ----------------------------------------------------------
 def n_parameters(module: nn.Module, trainable: bool = True) -> int:
-    """The number of (trainable, by default) scalar parameters of a module: the network size of Section 4.2."""
+    """The number of (trainable, by default) scalar parameters of a module: the network size of Section 4.2.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        The network.
+    trainable : bool
+        Count only the parameters that require gradients (default) or all of them.
+    """
     if not isinstance(module, nn.Module):
         raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable)
@@ -395,7 +432,15 @@ class EncoderDecoderScore(nn.Module):
         return self._basis().detach().clone()
 
     def forward(self, x: torch.Tensor, t) -> torch.Tensor:
-        r"""The score :math:`(V f(V^\top x, t) - x)/h(t)` for x (n, D) and t (a float or an (n,) tensor in (0, T])."""
+        r"""The score :math:`(V f(V^\top x, t) - x)/h(t)`, shaped like x.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Points, shape (n, D), floating.
+        t : float or torch.Tensor
+            One time for all rows or one per row (shape (n,)), in (0, T].
+        """
         x = _checks.points(x, "x", self.dim)
         like = next(self.parameters(), None)
         if like is None:
@@ -417,7 +462,15 @@ class EncoderDecoderScore(nn.Module):
         return out.to(dtype=x.dtype, device=x.device)
 
     def score(self, x: torch.Tensor, t) -> torch.Tensor:
-        """The same as calling the network (the ``score(x, t)`` protocol of the exact targets)."""
+        """The same as calling the network (the ``score(x, t)`` protocol of the exact targets).
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Points, shape (n, D), floating.
+        t : float or torch.Tensor
+            One time for all rows or one per row (shape (n,)), in (0, T].
+        """
         return self(x, t)
 
     def extra_repr(self) -> str:
@@ -534,7 +587,15 @@ class UNet(nn.Module):
                                   nn.Conv2d(width, C, 3, padding=1))
 
     def forward(self, x: torch.Tensor, t) -> torch.Tensor:
-        """The network output for flat images x (n, C*H*W) and times t (a float or an (n,) tensor), shaped like x."""
+        """The network output for flat images x and times t, shaped like x.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Flat images, shape (n, C*H*W), floating.
+        t : float or torch.Tensor
+            One time for all rows or one per row (shape (n,)), finite (a diffusion time).
+        """
         x = _checks.points(x, "x", self.dim)
         p = _param_like(self)
         xp = x.to(dtype=p.dtype, device=p.device)

@@ -118,23 +118,53 @@ class TiltedGaussian:
         self.law = Gaussian(self.mean, self.cov, sde=self.sde)
 
     def reward(self, x: torch.Tensor) -> torch.Tensor:
-        r"""The reward :math:`r(x) = b^\top x - \frac12 x^\top Q x`, (n,); differentiable."""
+        r"""The reward :math:`r(x) = b^\top x - \frac12 x^\top Q x`, (n,); differentiable.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Points, shape (n, D).
+        """
         x = _checks.points(x, "x", self.target.dim)
         b, Q = self.b.to(x), self.Q.to(x)
         return x @ b - 0.5 * ((x @ Q) * x).sum(dim=1)
 
     def score(self, x: torch.Tensor, t) -> torch.Tensor:
-        """The exact score of the diffused tilted law :math:`p_{\\beta,t}` (the fine-tuned model's target)."""
+        """The exact score of the diffused tilted law :math:`p_{\\beta,t}` (the fine-tuned model's target).
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Points, shape (n, D).
+        t : float or torch.Tensor
+            One time for all rows or one per row, in (0, T].
+        """
         return self.law.score(x, t)
 
     def control(self, x: torch.Tensor, t) -> torch.Tensor:
         r"""The h-transform :math:`\nabla\log h_t(x) = \nabla\log p_{\beta,t}(x) - \nabla\log p_t(x)`: the optimal
-        control added to the pretrained score."""
+        control added to the pretrained score.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Points, shape (n, D).
+        t : float or torch.Tensor
+            One time for all rows or one per row, in (0, T].
+        """
         return self.law.score(x, t) - self.target.score(x, t)
 
     def log_h(self, x: torch.Tensor, t) -> torch.Tensor:
         r"""The closed form of :math:`\log h_t(x) = \log\mathbb E[e^{r(X_0)/\beta}\mid X_t = x]`, (n,);
-        differentiable in x (its gradient is :meth:`control`)."""
+        differentiable in x (its gradient is :meth:`control`).
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Points, shape (n, D).
+        t : float or torch.Tensor
+            One time for all rows or one per row, in (0, T].
+        """
         x = _checks.points(x, "x", self.target.dim)
         tr = _checks.time_rows(t, x.shape[0], x).to(torch.float64)
         if torch.any(tr <= 0):
@@ -154,7 +184,13 @@ class TiltedGaussian:
         return (-0.5 * logdet + 0.5 * quad - 0.5 * (mu * rhs).sum(1)).to(x.dtype)
 
     def expected_reward(self, tilted: bool = True) -> float:
-        r"""The exact :math:`\mathbb E r` under :math:`p_\beta` (default) or under the pretrained law."""
+        r"""The exact :math:`\mathbb E r` under :math:`p_\beta` (default) or under the pretrained law.
+
+        Parameters
+        ----------
+        tilted : bool
+            True: under the tilted optimum :math:`p_\beta`; False: under the pretrained law.
+        """
         m, S = (self.mean, self.cov) if tilted else (self.m, self.S)
         return float(self.b @ m - 0.5 * (torch.trace(self.Q @ S) + m @ self.Q @ m))
 
@@ -177,6 +213,22 @@ def tilted_frontier(target: Gaussian, b, betas, Q=None) -> tuple[np.ndarray, np.
     No law reaches a higher expected reward at the same KL to the pretrained law (the KL-regularised optimum is
     the Lagrangian solution of :math:`\max\mathbb E r` subject to a KL budget).  Book chapter *Diffusion models and
     stochastic control*.
+
+    Parameters
+    ----------
+    target : Gaussian
+        The pretrained (data) law.
+    b : array_like
+        The linear part of the reward :math:`r(x) = b^\top x - \frac12 x^\top Q x`, shape (D,).
+    betas : float or array_like
+        The KL weights :math:`\beta > 0` at which to evaluate the optimum.
+    Q : array_like, optional
+        The quadratic part, (D, D) (default 0: a linear reward).
+
+    Returns
+    -------
+    (numpy.ndarray, numpy.ndarray)
+        The KL to the pretrained law and the expected reward of each optimum.
     """
     laws = [TiltedGaussian(target, b, beta, Q) for beta in np.atleast_1d(np.asarray(betas, dtype=np.float64))]
     return np.array([law.kl() for law in laws]), np.array([law.expected_reward() for law in laws])
@@ -278,7 +330,15 @@ class LinearGaussianScore(nn.Module):
         self.log_var = nn.Parameter(torch.log(v))
 
     def forward(self, x: torch.Tensor, t) -> torch.Tensor:
-        """The score of the Gaussian with the current mean and variances, diffused to time t, at the rows of x."""
+        """The score of the Gaussian with the current mean and variances, diffused to time t, at the rows of x.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Points, shape (n, D).
+        t : float or torch.Tensor
+            One time for all rows or one per row, in (0, T].
+        """
         x = _checks.points(x, "x", self.mu.numel())
         tr = _checks.time_rows(t, x.shape[0], x).to(torch.float64)
         al = self.sde.alpha(tr)[:, None]
