@@ -291,9 +291,8 @@ _RETURNS = """
 
 def _sampler_doc(doc: str) -> str:
     """A step rule's docstring with the samplers' common parameters first in its Parameters section."""
-    doc = inspect.cleandoc(doc or "")
-    lines = ["    " + line if line else "" for line in doc.splitlines()[1:]]
-    head, body = doc.splitlines()[0], "\n".join(lines)
+    rows = inspect.cleandoc(doc or "").splitlines() or ["A sampler of the backward process."]
+    head, body = rows[0], "\n".join("    " + line if line else "" for line in rows[1:])
     marker = "    Parameters\n    ----------\n"
     if marker in body:
         body = body.replace(marker, marker + _COMMON_PARAMETERS, 1)
