@@ -513,7 +513,23 @@ def return_guidance(cond_score: Callable, target, eta=1.0) -> Callable:
     return guided
 
 
-class DecisionDiffuser:
+class _Planner:
+    """What every planner shares: the inverse-dynamics model that turns planned states into actions."""
+
+    inverse_dynamics: InverseDynamics
+
+    def actions(self, plans) -> torch.Tensor:
+        """The inverse-dynamics actions (n, H, d_a) of the plans.
+
+        Parameters
+        ----------
+        plans : torch.Tensor
+            Plans (n, H + 1, d).
+        """
+        return self.inverse_dynamics.on_trajectories(plans)
+
+
+class DecisionDiffuser(_Planner):
     r"""A planner that samples trajectories from a learned :math:`P(\tau \mid y)` and acts by inverse dynamics.
 
     :meth:`plan` draws plans of H + 1 states with the current state (and, for Diffuser-style goal reaching, the goal
@@ -613,15 +629,6 @@ class DecisionDiffuser:
             plans[:, -1] = goal
         return plans
 
-    def actions(self, plans) -> torch.Tensor:
-        """The inverse-dynamics actions (n, H, d_a) of the plans.
-
-        Parameters
-        ----------
-        plans : torch.Tensor
-            Plans (n, H + 1, d).
-        """
-        return self.inverse_dynamics.on_trajectories(plans)
 
 
 def _unconditional(cond_score, x, t):
@@ -818,7 +825,7 @@ def plan_and_execute(planner, target, n_episodes: int, *, seed: int = 0, generat
 
 
 # -- the Gaussian (least-squares) baseline ----------------------------------------------------------------------
-class GaussianTrajectoryPlanner:
+class GaussianTrajectoryPlanner(_Planner):
     r"""The Gaussian trajectory model :math:`\tau \mid y \sim \mathsf N(\mu(y), \Sigma)` fitted by least squares.
 
     The mean is polynomial in the return, :math:`\mu(y) = W^\top(1, y, \dots, y^p)`, with :math:`W` minimising
@@ -907,12 +914,3 @@ class GaussianTrajectoryPlanner:
         x[:, ~mask] = m
         return x.reshape(n, self.horizon + 1, d)
 
-    def actions(self, plans) -> torch.Tensor:
-        """The inverse-dynamics actions (n, H, d_a) of the plans.
-
-        Parameters
-        ----------
-        plans : torch.Tensor
-            Plans (n, H + 1, d).
-        """
-        return self.inverse_dynamics.on_trajectories(plans)
