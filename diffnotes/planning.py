@@ -536,7 +536,7 @@ class DecisionDiffuser(_Planner):
     state) fixed by inpainting: :func:`diffnotes.inpainting.replacement` (the conditioning of the Decision Diffuser
     :cite:p:`ajay2023conditional` and of Diffuser :cite:p:`janner2022planning`) or :func:`diffnotes.inpainting.repaint`
     :cite:p:`lugmayr2022repaint`, on the score guided to a target return by :func:`return_guidance` (or the
-    unconditional score when no target is given).  :meth:`actions` turns the plans into actions with the
+    unconditional score when no target is given).  ``actions(plans)`` turns the plans into actions with the
     :class:`InverseDynamics` model.  A plan is Tweedie's estimate :math:`(x + h\,s(x, t_0))/\alpha(t_0)` at the
     last time of the grid, with the fixed states put back exactly.  The network sees trajectories divided by
     ``scale``.  Book chapter *Planning with
