@@ -30,6 +30,7 @@ import json
 import math
 import os
 import re
+import textwrap
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -50,6 +51,9 @@ CATEGORIES = {
     "illustration": "illustration",
     "consistency": "consistency check",
 }
+
+#: The column the printed verdicts fit (the book's code column).
+VERDICT_WIDTH = 88
 
 _ID = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]*$")
 
@@ -113,7 +117,9 @@ class Claim:
             "le": f"<= {_fmt(self.theory)}" + (f" (+{_fmt(self.tolerance)})" if self.tolerance else ""),
             "ge": f">= {_fmt(self.theory)}" + (f" (-{_fmt(self.tolerance)})" if self.tolerance else ""),
         }[self.kind]
-        return f"{self.status} [{self.id}]: measured {_fmt(self.measured)}, theory {rule}\n  {self.quantity}"
+        quantity = textwrap.fill(self.quantity, VERDICT_WIDTH, initial_indent="  ", subsequent_indent="  ",
+                                 break_long_words=False, break_on_hyphens=False)
+        return f"{self.status} [{self.id}]: measured {_fmt(self.measured)}, theory {rule}\n{quantity}"
 
 
 def _fmt(v: float) -> str:

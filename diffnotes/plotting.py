@@ -9,6 +9,7 @@ draw block diagrams; :func:`draw_encoder_decoder` and :func:`draw_unet` are the 
 from __future__ import annotations
 
 import math
+import sys
 
 import matplotlib as mpl
 import numpy as np
@@ -22,12 +23,19 @@ COLORS = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0
 
 
 def use_style() -> None:
-    """Set the book's figure style: compact sizes, readable fonts, a colour-blind-safe cycle, light grids."""
+    """Set the book's figure style: compact sizes, readable fonts, a colour-blind-safe cycle, light grids.
+
+    Figures have an opaque white background (legible on a dark page too).  Inside IPython (a notebook, or the book's
+    execution) inline figures are also drawn at twice their pixel density ("retina" PNG, displayed at the same size),
+    so that small legends and tick labels stay sharp in the book's column.
+    """
     mpl.rcParams.update(
         {
             "figure.figsize": (7.0, 3.6),
             "figure.dpi": 100,
-            "savefig.dpi": 150,
+            "savefig.dpi": 200,
+            "figure.facecolor": "white",
+            "savefig.facecolor": "white",
             "figure.constrained_layout.use": True,
             "font.size": 10,
             "axes.titlesize": 10,
@@ -42,6 +50,17 @@ def use_style() -> None:
             "image.cmap": "viridis",
         }
     )
+    _retina_inline()
+
+
+def _retina_inline() -> None:
+    """Ask IPython's inline backend for retina PNGs; nothing happens outside IPython."""
+    ipython = sys.modules.get("IPython")
+    if ipython is None or ipython.get_ipython() is None:
+        return
+    from matplotlib_inline.backend_inline import set_matplotlib_formats
+
+    set_matplotlib_formats("retina")
 
 
 def reference_line(ax, x, anchor_y: float, slope: float, *, loglog: bool = True, label: str | None = None, **kw):

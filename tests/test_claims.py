@@ -173,6 +173,14 @@ def test_passing_check_returns_the_record_and_prints_the_verdict(capsys):
     assert second.strip() == "semilog slope"
 
 
+def test_a_long_quantity_wraps_to_the_column(capsys):
+    words = "the ratio of the sampler's error at four hundred steps to its error at one hundred steps " * 3
+    claim = check("T13a-long-id", words.strip(), measured=0.25, theory=0.25, tol=0.01)
+    lines = claim.verdict().splitlines()
+    assert len(lines) > 2 and all(len(line) <= 88 for line in lines)
+    assert " ".join(line.strip() for line in lines[1:]) == words.strip()
+
+
 def test_claim_is_immutable():
     claim = check("T1", "q", measured=1.0, theory=1.0, tol=0.0)
     with pytest.raises(dataclasses.FrozenInstanceError):

@@ -48,3 +48,28 @@ def test_reference_line_has_the_slope():
     x, y = line.get_data()
     np.testing.assert_allclose(np.log(y[-1] / y[0]) / np.log(x[-1] / x[0]), -0.5)
     plt.close("all")
+
+
+def test_use_style_gives_opaque_figures_and_retina_inline_pngs_in_ipython():
+    import struct
+
+    from IPython.core.interactiveshell import InteractiveShell
+
+    from diffnotes.plotting import use_style
+
+    use_style()  # outside IPython: only the rc parameters
+    assert matplotlib.rcParams["figure.facecolor"] == "white"
+    shell = InteractiveShell.instance()
+    try:
+        use_style()
+        fig, ax = plt.subplots(figsize=(3, 2))
+        ax.plot([0, 1], [0, 1])
+        data, metadata = shell.display_formatter.format(fig)
+        png = data["image/png"]
+        png = png if isinstance(png, bytes) else __import__("base64").b64decode(png)
+        pixels = struct.unpack(">I", png[16:20])[0]  # the IHDR width
+        # drawn at twice the density, shown at the figure's own size
+        assert pixels == 2 * metadata["image/png"]["width"]
+        plt.close(fig)
+    finally:
+        InteractiveShell.clear_instance()
