@@ -144,20 +144,64 @@ class GaussianMixture:
         return self.sde.coefficients(t, x)
 
     def log_prob(self, x, t) -> torch.Tensor:
-        r"""Exact log-density :math:`\log p_t(x)` of the diffused law, shape (n,).  t in (0, T]."""
+        r"""Exact log-density :math:`\log p_t(x)` of the diffused law, shape (n,).  t in (0, T].
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Points, shape (n, D): a floating tensor (float64 for exact values; the computation runs in the dtype
+            and on the device of ``x``).
+        t : float or torch.Tensor
+            One time for all rows, or one per row (shape (n,) or (n, 1)), in (0, T].
+
+        Returns
+        -------
+        torch.Tensor
+            :math:`\log p_t` at each row, shape (n,).
+        """
         x = self._check_x(x)
         lj, _, _ = self._log_joint(x, *self._coefficients(x, t))
         return torch.logsumexp(lj, dim=1)
 
     def data_log_prob(self, x) -> torch.Tensor:
-        r"""Log-density of the data law itself (t = 0), shape (n,)."""
+        r"""Log-density of the data law itself (t = 0), shape (n,).
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Points, shape (n, D): a floating tensor (float64 for exact values; the computation runs in the dtype
+            and on the device of ``x``).
+
+        Returns
+        -------
+        torch.Tensor
+            :math:`\log p_{\rm data}` at each row, shape (n,).
+        """
         x = self._check_x(x)
         one = torch.ones(x.shape[0], 1, dtype=x.dtype, device=x.device)
         lj, _, _ = self._log_joint(x, one, 0 * one)
         return torch.logsumexp(lj, dim=1)
 
     def cdf(self, x, t=0.0) -> torch.Tensor:
-        r"""Cumulative distribution function of :math:`P_t` (t in [0, T]) for one-dimensional mixtures."""
+        r"""Cumulative distribution function of :math:`P_t` (t in [0, T]) for one-dimensional mixtures.
+
+        Parameters
+        ----------
+        x : float, array_like or torch.Tensor
+            The points, of any shape (each entry is one point of the line); an array is converted to float64.
+        t : float
+            One time in [0, T] (default 0: the data law).
+
+        Returns
+        -------
+        torch.Tensor
+            :math:`P_t((-\infty, x])` at each entry, shaped like ``x``.
+
+        Raises
+        ------
+        ValueError
+            If the mixture is not one-dimensional, or t is not one time in [0, T].
+        """
         if self.dim != 1:
             raise ValueError(f"cdf() is defined for one-dimensional mixtures, this one has D = {self.dim}")
         law = self.diffused(t)
@@ -166,19 +210,56 @@ class GaussianMixture:
         return (law.weights * torch.special.ndtr((x.reshape(-1, 1) - law.means[:, 0]) / sd)).sum(-1).reshape(x.shape)
 
     def component_scores(self, x, t) -> torch.Tensor:
-        r"""The score of each diffused component, :math:`(\alpha^2\Sigma_k+hI)^{-1}(\alpha\mu_k - x)`: (n, K, D)."""
+        r"""The score of each diffused component, :math:`(\alpha^2\Sigma_k+hI)^{-1}(\alpha\mu_k - x)`: (n, K, D).
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Points, shape (n, D): a floating tensor (float64 for exact values; the computation runs in the dtype
+            and on the device of ``x``).
+        t : float or torch.Tensor
+            One time for all rows, or one per row (shape (n,) or (n, 1)), in (0, T].
+        """
         x = self._check_x(x)
         _, z, var = self._log_joint(x, *self._coefficients(x, t))
         return -torch.einsum("nke,kde->nkd", z / var, self._evecs.to(x))
 
     def posterior(self, x, t) -> torch.Tensor:
-        r"""Posterior probabilities :math:`w_k(x, t)` of the components given :math:`X_t = x`: (n, K)."""
+        r"""Posterior probabilities :math:`w_k(x, t)` of the components given :math:`X_t = x`: (n, K).
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Points, shape (n, D): a floating tensor (float64 for exact values; the computation runs in the dtype
+            and on the device of ``x``).
+        t : float or torch.Tensor
+            One time for all rows, or one per row (shape (n,) or (n, 1)), in (0, T].
+
+        Returns
+        -------
+        torch.Tensor
+            Shape (n, K); each row sums to 1.
+        """
         x = self._check_x(x)
         lj, _, _ = self._log_joint(x, *self._coefficients(x, t))
         return torch.softmax(lj, dim=1)
 
     def score(self, x, t) -> torch.Tensor:
-        r"""Exact score :math:`\nabla_x \log p_t(x)`, shape (n, D).  t in (0, T]: a float or one time per row."""
+        r"""Exact score :math:`\nabla_x \log p_t(x)`, shape (n, D).  t in (0, T]: a float or one time per row.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Points, shape (n, D): a floating tensor (float64 for exact values; the computation runs in the dtype
+            and on the device of ``x``).
+        t : float or torch.Tensor
+            One time for all rows, or one per row (shape (n,) or (n, 1)), in (0, T].
+
+        Returns
+        -------
+        torch.Tensor
+            The score at each row, shaped like ``x``.
+        """
         return self._restricted_score(x, t, None)
 
     def _restricted_score(self, x, t, mask):
@@ -204,7 +285,21 @@ class GaussianMixture:
         return y
 
     def class_log_posterior(self, x, t) -> torch.Tensor:
-        r"""Exact noise-aware classifier :math:`\log c_t(y \mid x)` for every class: (n, C)."""
+        r"""Exact noise-aware classifier :math:`\log c_t(y \mid x)` for every class: (n, C).
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Points, shape (n, D): a floating tensor (float64 for exact values; the computation runs in the dtype
+            and on the device of ``x``).
+        t : float or torch.Tensor
+            One time for all rows, or one per row (shape (n,) or (n, 1)), in (0, T].
+
+        Returns
+        -------
+        torch.Tensor
+            :math:`\log c_t(y \mid x)` for the classes y = 0..C-1 (columns) at each row, shape (n, C).
+        """
         x = self._check_x(x)
         lj, _, _ = self._log_joint(x, *self._coefficients(x, t))
         onehot = torch.nn.functional.one_hot(self.labels, self.n_classes).bool().to(x.device)  # (K, C)
@@ -212,11 +307,50 @@ class GaussianMixture:
         return per_class - torch.logsumexp(lj, dim=1, keepdim=True)
 
     def class_posterior(self, x, t) -> torch.Tensor:
-        r"""Exact class posterior :math:`c_t(y \mid x)`: (n, C)."""
+        r"""Exact class posterior :math:`c_t(y \mid x)`: (n, C).
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Points, shape (n, D): a floating tensor (float64 for exact values; the computation runs in the dtype
+            and on the device of ``x``).
+        t : float or torch.Tensor
+            One time for all rows, or one per row (shape (n,) or (n, 1)), in (0, T].
+
+        Returns
+        -------
+        torch.Tensor
+            Shape (n, C); each row sums to 1.
+        """
         return torch.exp(self.class_log_posterior(x, t))
 
     def conditional_score(self, x, y, t) -> torch.Tensor:
-        r"""Exact class-conditional score :math:`\nabla_x\log p_t(x\mid y)`, y one id or one per row: (n, D)."""
+        r"""Exact class-conditional score :math:`\nabla_x\log p_t(x\mid y)`, y one id or one per row: (n, D).
+
+        The score of the mixture restricted to the components of class y (see ``labels``).
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Points, shape (n, D): a floating tensor (float64 for exact values; the computation runs in the dtype
+            and on the device of ``x``).
+        y : int or integer tensor
+            One class id in 0..C-1 for all rows, or one per row (shape (n,)).
+        t : float or torch.Tensor
+            One time for all rows, or one per row (shape (n,) or (n, 1)), in (0, T].
+
+        Returns
+        -------
+        torch.Tensor
+            The conditional score at each row, shaped like ``x``.
+
+        Raises
+        ------
+        TypeError
+            If y is not of an integer type.
+        ValueError
+            If y has the wrong shape or an id outside 0..C-1.
+        """
         x = self._check_x(x)
         y = self._check_y(y, x.shape[0], x.device)
         mask = self.labels.to(x.device)[None, :] == y[:, None]
@@ -231,6 +365,24 @@ class GaussianMixture:
         """Draw n points from the data law (from the class ``y`` if given).
 
         Returns the points (n, D), and with ``return_labels`` also their component ids (n,).
+
+        Parameters
+        ----------
+        n : int
+            The number of points, at least 1.
+        generator : None, int, torch.Generator or numpy.random.Generator, optional
+            Source of the draws (an int is a seed; None: fresh entropy, not reproducible).
+        y : int, optional
+            Draw from this class (0..C-1) only: from its components, with weights renormalised within the class.
+            Default None: the whole mixture.
+        return_labels : bool
+            Also return the component of each point (default False).
+
+        Returns
+        -------
+        torch.Tensor or (torch.Tensor, torch.Tensor)
+            The points, float64 of shape (n, D); with ``return_labels`` also their component ids 0..K-1 (long,
+            shape (n,): components, not classes; the class of a point is ``labels[k]``).
         """
         generator = _checks.generator(generator)
         if int(n) != n or n < 1:
@@ -248,7 +400,22 @@ class GaussianMixture:
         return (x, k) if return_labels else x
 
     def sample_marginal(self, n: int, t, generator: torch.Generator | None = None) -> torch.Tensor:
-        r"""Draw n points from the diffused law :math:`P_t` (data, then the forward kernel)."""
+        r"""Draw n points from the diffused law :math:`P_t` (data, then the forward kernel).
+
+        Parameters
+        ----------
+        n : int
+            The number of points, at least 1.
+        t : float or torch.Tensor
+            One time for all points, or one per point (shape (n,)), in (0, T].
+        generator : None, int, torch.Generator or numpy.random.Generator, optional
+            Source of both the data draws and the forward noise (an int is a seed; None: fresh entropy).
+
+        Returns
+        -------
+        torch.Tensor
+            The points :math:`x_t`, float64 of shape (n, D).
+        """
         generator = _checks.generator(generator)
         x0 = self.sample(n, generator)
         return self.sde.marginal_sample(x0, t, generator)[0]
@@ -265,7 +432,24 @@ class GaussianMixture:
         return torch.einsum("k,kij->ij", self.weights, self.covs + d[:, :, None] * d[:, None, :])
 
     def diffused(self, t) -> GaussianMixture:
-        r"""The law :math:`P_t` as a mixture (weights, means :math:`\alpha\mu_k`, covs :math:`\alpha^2\Sigma_k+hI`)."""
+        r"""The law :math:`P_t` as a mixture (weights, means :math:`\alpha\mu_k`, covs :math:`\alpha^2\Sigma_k+hI`).
+
+        Parameters
+        ----------
+        t : float or torch.Tensor
+            One time in [0, T]; at t = 0 the mixture itself is returned.
+
+        Returns
+        -------
+        GaussianMixture
+            The diffused law, with the same forward process and class labels; for t > 0 a plain
+            :class:`GaussianMixture` whatever the class of the original.
+
+        Raises
+        ------
+        ValueError
+            If t is not one time in [0, T].
+        """
         t = self.sde.check_time(t, allow_zero=True)
         if t.ndim != 0:
             raise ValueError("diffused() takes one time")
@@ -284,6 +468,16 @@ class Gaussian(GaussianMixture):
 
     Its score :math:`-(\alpha^2\Sigma + hI)^{-1}(x - \alpha\mu)` is affine in x, so every sampler driven by it is an
     affine map of its Gaussian inputs: the output law is Gaussian and known exactly (:mod:`diffnotes.oracle`).
+
+    Parameters
+    ----------
+    mean : array of shape (D,)
+        The mean :math:`\mu`.
+    cov : float, array of shape (D,) or (D, D)
+        The covariance :math:`\Sigma`: an isotropic variance (:math:`\Sigma = \sigma^2 I`), a diagonal, or a full
+        symmetric positive definite matrix.
+    sde : VPSDE, optional
+        The forward process (default :class:`~diffnotes.sde.ConstantVP`).
     """
 
     def __init__(self, mean, cov, sde: VPSDE | None = None):
@@ -301,7 +495,18 @@ class Gaussian(GaussianMixture):
         super().__init__([1.0], mean[None], cov[None], sde)
 
     def moments(self, t) -> tuple[torch.Tensor, torch.Tensor]:
-        r"""Mean :math:`\alpha\mu` and covariance :math:`\alpha^2\Sigma + hI` of :math:`P_t` (t in [0, T])."""
+        r"""Mean :math:`\alpha\mu` and covariance :math:`\alpha^2\Sigma + hI` of :math:`P_t` (t in [0, T]).
+
+        Parameters
+        ----------
+        t : float or torch.Tensor
+            One time in [0, T] (t = 0: the data law's :math:`\mu` and :math:`\Sigma`).
+
+        Returns
+        -------
+        (torch.Tensor, torch.Tensor)
+            The mean, shape (D,), and the covariance, shape (D, D), float64.
+        """
         t = self.sde.check_time(t, allow_zero=True)
         a, h = float(self.sde.alpha(t)), float(self.sde.h(t))
         return a * self.means[0], a**2 * self.covs[0] + h * torch.eye(self.dim, dtype=torch.float64)
@@ -319,6 +524,22 @@ class SubspaceMixture(GaussianMixture):
         \nabla\log p_t(x) = A\,\nabla\log p^{\rm ld}_t(A^\top x) - \frac{1}{h(t)}\,(I - AA^\top)\,x,
 
     where :math:`p^{\rm ld}_t` is the latent law diffused by the same forward process (the attribute ``latent``).
+
+    Parameters
+    ----------
+    A : array of shape (D, d)
+        The basis of the subspace: orthonormal columns (:math:`A^\top A = I`), d <= D; see
+        :func:`orthonormal_basis`.
+    weights : array of shape (K,)
+        Mixture weights of the latent law, non-negative, summing to 1.
+    means : array of shape (K, d)
+        Component means :math:`\mu_k` in the latent coordinates.
+    covs : array of shape (K, d, d), (K, d) or (K,)
+        Latent component covariances :math:`\Sigma_k` (full, diagonal or isotropic), symmetric positive definite.
+    sde : VPSDE, optional
+        The forward process (default :class:`~diffnotes.sde.ConstantVP`).
+    labels : array of K ints, optional
+        The class of each component (default: component k is class k), as in :class:`GaussianMixture`.
     """
 
     _allow_singular = True
@@ -336,17 +557,43 @@ class SubspaceMixture(GaussianMixture):
         super().__init__(lat.weights, lat.means @ A.T, A @ lat.covs @ A.T, lat.sde, lat.labels)
 
     def project(self, x) -> torch.Tensor:
-        r"""Latent coordinates :math:`A^\top x`, shape (n, d)."""
+        r"""Latent coordinates :math:`A^\top x`, shape (n, d).
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Points, shape (n, D), floating.
+        """
         return self._check_x(x) @ self.A.to(x)
 
     def orthogonal(self, x) -> torch.Tensor:
-        r"""The component :math:`(I - AA^\top)x` of x orthogonal to the subspace, shape (n, D)."""
+        r"""The component :math:`(I - AA^\top)x` of x orthogonal to the subspace, shape (n, D).
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Points, shape (n, D), floating.
+        """
         x = self._check_x(x)
         A = self.A.to(x)
         return x - (x @ A) @ A.T
 
     def score_decomposition(self, x, t) -> tuple[torch.Tensor, torch.Tensor]:
-        r"""The two terms :math:`A\nabla\log p^{\rm ld}_t(A^\top x)` and :math:`-(I - AA^\top)x / h(t)`."""
+        r"""The two terms :math:`A\nabla\log p^{\rm ld}_t(A^\top x)` and :math:`-(I - AA^\top)x / h(t)`.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Points, shape (n, D): a floating tensor (float64 for exact values; the computation runs in the dtype
+            and on the device of ``x``).
+        t : float or torch.Tensor
+            One time for all rows, or one per row (shape (n,) or (n, 1)), in (0, T].
+
+        Returns
+        -------
+        (torch.Tensor, torch.Tensor)
+            The on-subspace and the orthogonal terms, each shaped like ``x``; their sum is :meth:`score`.
+        """
         x = self._check_x(x)
         on = self.latent.score(self.project(x), t) @ self.A.to(x).T
         _, h = self._coefficients(x, t)
@@ -354,7 +601,30 @@ class SubspaceMixture(GaussianMixture):
 
 
 def ring_mixture(n_components: int = 8, radius: float = 4.0, std: float = 0.3, sde: VPSDE | None = None):
-    """K isotropic Gaussians of standard deviation ``std`` evenly spaced on a circle (the "8 Gaussians" benchmark)."""
+    r"""K isotropic Gaussians of standard deviation ``std`` evenly spaced on a circle (the "8 Gaussians" benchmark).
+
+    Parameters
+    ----------
+    n_components : int
+        The number K of components, at least 1 (default 8).
+    radius : float
+        Radius of the circle, >= 0 (default 4): component k has mean
+        :math:`r(\cos(2\pi k/K), \sin(2\pi k/K))`.
+    std : float
+        Standard deviation of every component, > 0 (default 0.3).
+    sde : VPSDE, optional
+        The forward process (default :class:`~diffnotes.sde.ConstantVP`).
+
+    Returns
+    -------
+    GaussianMixture
+        The mixture in dimension 2, with equal weights 1/K (component k is class k).
+
+    Raises
+    ------
+    ValueError
+        If n_components is not a positive integer, radius < 0 or std <= 0.
+    """
     if int(n_components) != n_components or n_components < 1:
         raise ValueError(f"n_components must be a positive integer, got {n_components}")
     if not radius >= 0 or not std > 0:
@@ -365,7 +635,30 @@ def ring_mixture(n_components: int = 8, radius: float = 4.0, std: float = 0.3, s
 
 
 def orthonormal_basis(D: int, d: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """A random D x d matrix with orthonormal columns (QR of a Gaussian matrix), float64."""
+    """A random D x d matrix with orthonormal columns (QR of a Gaussian matrix), float64.
+
+    The signs of the columns are fixed so that the QR factor R has a positive diagonal: the matrix is then
+    uniformly (Haar) distributed over the D x d matrices with orthonormal columns.
+
+    Parameters
+    ----------
+    D : int
+        The ambient dimension (rows).
+    d : int
+        The subspace dimension (columns), 1 <= d <= D.
+    generator : None, int, torch.Generator or numpy.random.Generator, optional
+        Source of the Gaussian matrix (an int is a seed; None: fresh entropy, not reproducible).
+
+    Returns
+    -------
+    torch.Tensor
+        The basis, float64 of shape (D, d).
+
+    Raises
+    ------
+    ValueError
+        If D or d is not a positive integer, or d > D.
+    """
     generator = _checks.generator(generator)
     if int(d) != d or int(D) != D or d < 1:
         raise ValueError(f"D and d must be positive integers, got D={D}, d={d}")
