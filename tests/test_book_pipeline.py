@@ -52,7 +52,10 @@ def test_the_executed_notebook_matches_the_cache_key_of_the_book_build(tmp_path)
 def _last_statement_is_a_bare_check(code: str) -> bool:
     import ast
 
-    body = "\n".join(line for line in code.splitlines() if not line.startswith(":"))  # cell options
+    lines = code.splitlines()
+    if lines and lines[0].strip() == "---":  # cell options as a YAML block
+        lines = lines[lines.index("---", 1) + 1 :]
+    body = "\n".join(line for line in lines if not line.startswith(":"))  # cell options as ":key: value" lines
     tree = ast.parse(body)
     if not tree.body or not isinstance(tree.body[-1], ast.Expr) or not isinstance(tree.body[-1].value, ast.Call):
         return False
@@ -76,12 +79,49 @@ def test_no_chapter_cell_displays_the_claim_record_under_its_verdict():
     assert not offenders, offenders
     assert _last_statement_is_a_bare_check('x = 1\ncheck("T1", "q", measured=1,\n      theory=1, tol=0)')
     assert not _last_statement_is_a_bare_check('check("T1", "q", measured=1, theory=1, tol=0);')
+    assert _last_statement_is_a_bare_check('---\ntags: [hide-input]\n---\ncheck("T1", "q")')
 
 
-def test_repeated_inline_scripts_are_dropped_from_the_head_only():
+def load_extension():
     spec = importlib.util.spec_from_file_location("scorecard_ext", REPO / "book" / "_ext" / "scorecard.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(
+    ("remote", "url"),
+    [
+        ("git@github.com:owner/diffnotes.git", "https://github.com/owner/diffnotes"),
+        ("ssh://git@gitlab.example.org/group/diffnotes.git", "https://gitlab.example.org/group/diffnotes"),
+        ("https://token@github.com/owner/diffnotes.git\n", "https://github.com/owner/diffnotes"),
+        ("https://github.com/owner/diffnotes/", "https://github.com/owner/diffnotes"),
+        ("/srv/git/diffnotes", ""),
+        ("file:///srv/git/diffnotes", ""),
+    ],
+)
+def test_a_git_remote_becomes_a_browsable_address(remote, url):
+    assert load_extension().normalise_remote(remote) == url
+
+
+def test_the_repository_address_comes_from_config_then_environment_then_the_origin_remote(tmp_path):
+    import subprocess
+
+    ext = load_extension()
+    bare = tmp_path / "bare"
+    subprocess.run(["git", "init", "-q", str(bare)], check=True)
+    assert ext.repository_url("", bare, environ={}) == ""  # no remote: no address, nothing invented
+    subprocess.run(["git", "-C", str(bare), "remote", "add", "origin", "git@github.com:o/r.git"], check=True)
+    assert ext.repository_url("", bare, environ={}) == "https://github.com/o/r"
+    actions = {"GITHUB_SERVER_URL": "https://github.com", "GITHUB_REPOSITORY": "o/actions"}
+    assert ext.repository_url("", bare, environ=actions) == "https://github.com/o/actions"
+    environ = dict(actions, DIFFNOTES_REPOSITORY_URL="https://example.org/x/y.git")
+    assert ext.repository_url("", bare, environ=environ) == "https://example.org/x/y"
+    assert ext.repository_url("https://github.com/a/b", bare, environ=environ) == "https://github.com/a/b"
+
+
+def test_repeated_inline_scripts_are_dropped_from_the_head_only():
+    module = load_extension()
     a, b = "    <script>const A = 1;</script>\n", "    <script>var b = 2;</script>\n"
     page = "<head>\n" + a + b + a + "</head>\n<body>\n" + a + "</body>\n"
     cleaned = module.drop_repeated_inline_scripts(page)

@@ -18,6 +18,14 @@ Scorecard
       table of all recorded claims, and warns when there is none: a scorecard that shows nothing is a defect;
     * writes ``_static/scorecard.json`` into the HTML output when the build finishes.
 
+Repository
+    The address of the repository the book was built from, when the build can tell it: ``repository.url`` of
+    ``_config.yml`` if set, else ``DIFFNOTES_REPOSITORY_URL``, else the ``GITHUB_SERVER_URL``/``GITHUB_REPOSITORY``
+    pair that GitHub Actions sets, else the ``origin`` remote of the checkout (see :func:`repository_url`). It
+    becomes the theme's repository button, the address in each download's setup note, and replaces the marker
+    comment ``<!-- repository -->`` in the pages (the intro's "clone the repository"). A build that cannot tell it
+    (a clone without a remote) shows no button and no address.
+
 Notebooks
     Every page whose source is a MyST Markdown notebook with a jupytext header gets, under its title, a link
     to a Jupyter notebook made from that source by jupytext, written to ``_notebooks/<docname>.ipynb`` in the
@@ -29,6 +37,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -129,6 +138,58 @@ def is_jupytext_source(text: str) -> bool:
     return bool(match) and re.search(r"^jupytext\s*:", match.group(1), re.MULTILINE) is not None
 
 
+# --------------------------------------------------------------------------- repository
+
+REPOSITORY_ENV = "DIFFNOTES_REPOSITORY_URL"
+REPOSITORY_MARKER = "<!-- repository -->"
+_SSH_REMOTE = re.compile(r"^(?:ssh://)?git@(?P<host>[^:/]+)[:/](?P<path>.+?)(?:\.git)?/?$")
+
+
+def normalise_remote(remote: str) -> str:
+    """The browsable ``https://`` address of a git remote (``git@host:owner/name.git`` or an https URL); ``""``
+    for anything else (a local path, a file:// URL)."""
+    remote = remote.strip()
+    match = _SSH_REMOTE.match(remote)
+    if match:
+        return f"https://{match['host']}/{match['path']}"
+    if re.match(r"^https?://", remote):
+        remote = re.sub(r"^(https?://)[^/@]*@", r"\1", remote)  # drop credentials
+        return re.sub(r"(\.git)?/?$", "", remote)
+    return ""
+
+
+def repository_url(configured: str = "", root: Path | None = None, environ=None) -> str:
+    """The repository address the book links to: ``configured`` (``repository.url`` of ``_config.yml``), else the
+    environment variable ``DIFFNOTES_REPOSITORY_URL``, else GitHub Actions' ``GITHUB_SERVER_URL`` and
+    ``GITHUB_REPOSITORY``, else the ``origin`` remote of the git checkout at ``root``; ``""`` when none is known."""
+    environ = os.environ if environ is None else environ
+    for candidate in (configured, environ.get(REPOSITORY_ENV, "")):
+        if candidate:
+            return normalise_remote(candidate) or candidate
+    if environ.get("GITHUB_SERVER_URL") and environ.get("GITHUB_REPOSITORY"):
+        return f"{environ['GITHUB_SERVER_URL'].rstrip('/')}/{environ['GITHUB_REPOSITORY']}"
+    try:
+        remote = subprocess.run(
+            ["git", "remote", "get-url", "origin"], cwd=root or Path.cwd(), capture_output=True, text=True,
+            timeout=10, check=False,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return normalise_remote(remote)
+
+
+def on_config_inited(app: Sphinx, config) -> None:
+    options = dict(config.html_theme_options or {})
+    url = repository_url(options.get("repository_url", ""), Path(app.srcdir))
+    if url:
+        options["repository_url"] = url
+        options["use_repository_button"] = True
+    config.html_theme_options = options
+
+
+# --------------------------------------------------------------------------- claims
+
+
 def on_builder_inited(app: Sphinx) -> None:
     # The records are kept: chapters executed before the build (make test) recorded theirs here, and a chapter
     # the build executes again appends a newer run, which replaces the older one (load_claims).
@@ -140,6 +201,9 @@ def on_builder_inited(app: Sphinx) -> None:
 def on_source_read(app: Sphinx, docname: str, source: list[str]) -> None:
     # The kernel that executes this page is started by the parser, right after this event, from this process.
     os.environ[CHAPTER_ENV] = docname
+    if REPOSITORY_MARKER in source[0]:
+        url = (app.config.html_theme_options or {}).get("repository_url", "")
+        source[0] = source[0].replace(REPOSITORY_MARKER, f" (<{url}>)" if url else "")
     notebooks = _notebook_docs(app.env)
     if is_jupytext_source(source[0]):
         notebooks.add(docname)
@@ -626,6 +690,7 @@ def setup(app: Sphinx) -> dict[str, Any]:
     app.add_directive("chapter-executions", ExecutionTableDirective)
     # Early: html-page-context stops at the first handler that returns a template.
     app.connect("html-page-context", on_html_page_context, priority=100)
+    app.connect("config-inited", on_config_inited)
     app.connect("builder-inited", on_builder_inited)
     app.connect("source-read", on_source_read)
     app.connect("env-purge-doc", on_env_purge_doc)
