@@ -159,13 +159,34 @@ class _KernelBase(_Sample):
         return None
 
     def score(self, x, t) -> torch.Tensor:
-        """The estimated score at the rows of x (shape (m, D)); t in (0, T], one time or one per row."""
+        """The estimated score at the rows of x (shape (m, D)); t in (0, T], one time or one per row.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Points, shape (m, D): a floating tensor (evaluated in float64).
+        t : float or torch.Tensor
+            One time for all rows, or one per row (shape (m,) or (m, 1)), in (0, T].
+
+        Returns
+        -------
+        torch.Tensor
+            The estimated score, float64 of shape (m, D).
+        """
         x = self._check_x(x)
         _, a, h = self._coefficients(x, t)
         return _mixture_score(x, self.data, a, self._variance(a, h), self._log_floor())
 
     def log_prob(self, x, t) -> torch.Tensor:
-        r"""Log-density :math:`\log\hat p_t(x)` of the smoothed, diffused empirical measure, shape (m,)."""
+        r"""Log-density :math:`\log\hat p_t(x)` of the smoothed, diffused empirical measure, shape (m,).
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Points, shape (m, D): a floating tensor (evaluated in float64).
+        t : float or torch.Tensor
+            One time for all rows, or one per row (shape (m,) or (m, 1)), in (0, T].
+        """
         x = self._check_x(x)
         _, a, h = self._coefficients(x, t)
         return _mixture_score(x, self.data, a, self._variance(a, h), None, log_p_out=True)[1]
@@ -176,6 +197,13 @@ class _KernelBase(_Sample):
         The same mixture as :meth:`log_prob`, summed directly in blocks of kernel evaluations (no log-sum-exp): about
         three times faster, for tabulating the law on a grid (book chapter *Distribution estimation*).  Far from
         every data point the value underflows to 0, where :meth:`log_prob` stays finite.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Points, shape (m, D): a floating tensor (evaluated in float64).
+        t : float or torch.Tensor
+            One time in (0, T].
         """
         x = self._check_x(x)
         t = self.sde.check_time(t)
@@ -330,7 +358,20 @@ class SubspaceScore(_Sample):
         self.latent = KernelScore(self.data @ V, sde, latent_bandwidth, floor)
 
     def score(self, x, t) -> torch.Tensor:
-        """The estimated score at the rows of x (shape (m, D)); t in (0, T], one time or one per row."""
+        """The estimated score at the rows of x (shape (m, D)); t in (0, T], one time or one per row.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Points, shape (m, D): a floating tensor (evaluated in float64).
+        t : float or torch.Tensor
+            One time for all rows, or one per row (shape (m,) or (m, 1)), in (0, T].
+
+        Returns
+        -------
+        torch.Tensor
+            The estimated score, float64 of shape (m, D): the latent term plus the orthogonal term.
+        """
         x = self._check_x(x)
         t = self.sde.check_time(t)
         h = self.sde.h(_checks.time_column(as_time(t, like=x), x.shape[0]))
@@ -342,7 +383,17 @@ class SubspaceScore(_Sample):
 
 
 class ScoreError(NamedTuple):
-    r"""Monte Carlo estimate of :math:`\mathbb E_{x\sim P_t}\|\hat s - s\|^2` (see :func:`score_error`)."""
+    r"""Monte Carlo estimate of :math:`\mathbb E_{x\sim P_t}\|\hat s - s\|^2` (see :func:`score_error`).
+
+    Parameters
+    ----------
+    mean : float
+        The sample mean of :math:`\|\hat s(x_j,t) - s(x_j,t)\|^2` over the m evaluation points.
+    stderr : float
+        Its standard error (sample standard deviation over :math:`\sqrt m`).
+    norm : float
+        The sample mean of :math:`\|s(x_j,t)\|^2`, to normalise the error.
+    """
 
     mean: float
     """The sample mean of :math:`\\|\\hat s(x_j,t) - s(x_j,t)\\|^2`."""
@@ -395,7 +446,27 @@ def score_error(estimator, target, t: float, n_eval: int = 2000, generator: torc
 
 
 def subspace_angle(V, A) -> float:
-    r"""The distance :math:`\|VV^\top - AA^\top\|_F` between the spans of two orthonormal D x d bases."""
+    r"""The distance :math:`\|VV^\top - AA^\top\|_F` between the spans of two orthonormal D x d bases.
+
+    It is 0 for equal spans and :math:`\sqrt{2d}` for orthogonal ones; it does not depend on the choice of bases.
+
+    Parameters
+    ----------
+    V : array or tensor of shape (D, d)
+        An orthonormal basis, e.g. the PCA estimate ``SubspaceScore.V`` (orthonormality is not checked).
+    A : array or tensor of shape (D, d)
+        Another, e.g. the true basis of a :class:`~diffnotes.targets.SubspaceMixture`.
+
+    Returns
+    -------
+    float
+        The Frobenius norm of the difference of the two projections.
+
+    Raises
+    ------
+    ValueError
+        If the two shapes differ.
+    """
     V, A = _checks.data(V, "V"), _checks.data(A, "A")
     if V.shape != A.shape:
         raise ValueError(f"V and A must have the same shape, got {tuple(V.shape)} and {tuple(A.shape)}")
@@ -510,12 +581,36 @@ class ConditionalKernelScore(_Sample):
         return rows
 
     def log_weights(self, y) -> torch.Tensor:
-        r"""Normalised log-weights :math:`\log w_i(y)` of the pairs at each condition, shape (m, n)."""
+        r"""Normalised log-weights :math:`\log w_i(y)` of the pairs at each condition, shape (K, n).
+
+        Parameters
+        ----------
+        y : float, array_like or torch.Tensor
+            The conditions: one (a number when d_y = 1, or shape (d_y,)) or K of them (shape (K,) when d_y = 1,
+            or (K, d_y)).
+
+        Returns
+        -------
+        torch.Tensor
+            Float64 of shape (K, n); each row's exponentials sum to 1.
+        """
         y = self._conditions(y)
         return self._log_weight_rows(y)(0, y.shape[0])
 
     def weights(self, y) -> torch.Tensor:
-        r"""Normalised kernel weights :math:`w_i(y)` of the pairs at each condition, shape (m, n)."""
+        r"""Normalised kernel weights :math:`w_i(y)` of the pairs at each condition, shape (K, n).
+
+        Parameters
+        ----------
+        y : float, array_like or torch.Tensor
+            The conditions: one (a number when d_y = 1, or shape (d_y,)) or K of them (shape (K,) when d_y = 1,
+            or (K, d_y)).
+
+        Returns
+        -------
+        torch.Tensor
+            Float64 of shape (K, n); each row sums to 1.
+        """
         return torch.exp(self.log_weights(y))
 
     def _evaluate(self, x, y, t, log_p_out):
@@ -527,11 +622,38 @@ class ConditionalKernelScore(_Sample):
         return _mixture_score(x, self.data, a, a**2 * self.bandwidth**2 + h, None, log_p_out, self._log_weight_rows(y))
 
     def score(self, x, y, t) -> torch.Tensor:
-        """The estimated conditional score at the rows of x (m, d_x) given y (one condition or one per row)."""
+        r"""The estimated conditional score at the rows of x (m, d_x) given y (one condition or one per row).
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Points, shape (m, d_x): a floating tensor (evaluated in float64).
+        y : float, array_like or torch.Tensor
+            One condition for all rows (a number when d_y = 1, or shape (d_y,)), or one per row (shape (m,) when
+            d_y = 1, or (m, d_y)).
+        t : float or torch.Tensor
+            One time for all rows, or one per row (shape (m,) or (m, 1)), in (0, T].
+
+        Returns
+        -------
+        torch.Tensor
+            :math:`\nabla_x\log\hat p_t(x\mid y)`, float64 of shape (m, d_x).
+        """
         return self._evaluate(x, y, t, False)
 
     def log_prob(self, x, y, t) -> torch.Tensor:
-        r"""Log-density :math:`\log\hat p_t(x\mid y)` at the rows of x, shape (m,)."""
+        r"""Log-density :math:`\log\hat p_t(x\mid y)` at the rows of x, shape (m,).
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Points, shape (m, d_x): a floating tensor (evaluated in float64).
+        y : float, array_like or torch.Tensor
+            One condition for all rows (a number when d_y = 1, or shape (d_y,)), or one per row (shape (m,) when
+            d_y = 1, or (m, d_y)).
+        t : float or torch.Tensor
+            One time for all rows, or one per row (shape (m,) or (m, 1)), in (0, T].
+        """
         return self._evaluate(x, y, t, True)[1]
 
     def density_table(self, x, y, t: float) -> torch.Tensor:
@@ -539,6 +661,21 @@ class ConditionalKernelScore(_Sample):
 
         Computed as the product of the weight matrix (K, n) and the kernel matrix (n, J), which costs n(J + K)
         exponentials instead of nJK: the way to tabulate the conditional law on a grid.  ``t`` is one time.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            The J points, shape (J, d_x): a floating tensor (evaluated in float64).
+        y : float, array_like or torch.Tensor
+            The conditions: one (a number when d_y = 1, or shape (d_y,)) or K of them (shape (K,) when d_y = 1,
+            or (K, d_y)).
+        t : float or torch.Tensor
+            One time in (0, T].
+
+        Returns
+        -------
+        torch.Tensor
+            Float64 of shape (K, J): row k is the density given the k-th condition.
         """
         x = self._check_x(x)
         y = self._conditions(y)
@@ -551,7 +688,17 @@ class ConditionalKernelScore(_Sample):
         return _density_rows(x, self.data, a, v, w.T.contiguous()).T
 
     def at(self, y) -> ConditionedScore:
-        """The estimator with the condition fixed at ``y``: an object with ``score(x, t)`` for the samplers."""
+        """The estimator with the condition fixed at ``y``: an object with ``score(x, t)`` for the samplers.
+
+        Parameters
+        ----------
+        y : float, array_like or torch.Tensor
+            One condition: a number when d_y = 1, or shape (d_y,).
+
+        Returns
+        -------
+        ConditionedScore
+        """
         return ConditionedScore(self, y)
 
     def __repr__(self) -> str:
@@ -565,6 +712,13 @@ class ConditionedScore:
     Provides the package's protocol ``score(x, t)``, so any sampler of :mod:`diffnotes.samplers` draws from the
     estimated conditional law :math:`\hat p_{t_0}(\cdot\mid y)` (review Section 5.2; book chapter *Distribution
     estimation*).  Create it with :meth:`ConditionalKernelScore.at`.
+
+    Parameters
+    ----------
+    estimator : ConditionalKernelScore
+        The conditional estimator.
+    y : float, array_like or torch.Tensor
+        The fixed condition: a number when d_y = 1, or shape (d_y,).  Its kernel weights are computed once, here.
     """
 
     def __init__(self, estimator: ConditionalKernelScore, y):
@@ -599,15 +753,44 @@ class ConditionedScore:
                               lambda lo, hi: lw.expand(hi - lo, -1))
 
     def score(self, x, t) -> torch.Tensor:
-        """The estimated conditional score at the rows of x given the fixed y."""
+        """The estimated conditional score at the rows of x given the fixed y.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Points, shape (m, d_x): a floating tensor (evaluated in float64).
+        t : float or torch.Tensor
+            One time for all rows, or one per row (shape (m,) or (m, 1)), in (0, T].
+
+        Returns
+        -------
+        torch.Tensor
+            Float64 of shape (m, d_x).
+        """
         return self._evaluate(x, t, False)
 
     def log_prob(self, x, t) -> torch.Tensor:
-        r"""Log-density :math:`\log\hat p_t(x\mid y)` at the rows of x given the fixed y, shape (m,)."""
+        r"""Log-density :math:`\log\hat p_t(x\mid y)` at the rows of x given the fixed y, shape (m,).
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Points, shape (m, d_x): a floating tensor (evaluated in float64).
+        t : float or torch.Tensor
+            One time for all rows, or one per row (shape (m,) or (m, 1)), in (0, T].
+        """
         return self._evaluate(x, t, True)[1]
 
     def density(self, x, t: float) -> torch.Tensor:
-        r"""Density :math:`\hat p_t(x\mid y)` at the rows of x given the fixed y, shape (m,), for one time t."""
+        r"""Density :math:`\hat p_t(x\mid y)` at the rows of x given the fixed y, shape (m,), for one time t.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Points, shape (m, d_x): a floating tensor (evaluated in float64).
+        t : float or torch.Tensor
+            One time in (0, T].
+        """
         return self.estimator.density_table(x, self.y, t)[0]
 
     def __repr__(self) -> str:
@@ -637,6 +820,26 @@ def output_law(estimator, t0: float) -> GaussianMixture:
 
     The mixture has one component per data point: for tens of thousands of points evaluate the density with the
     estimator's own blocked ``log_prob(x, t0)`` instead.
+
+    Parameters
+    ----------
+    estimator : EmpiricalScore, KernelScore or ConditionedScore
+        The score estimator driving the backward process (a :class:`KernelScore` with ``floor = 0``).
+    t0 : float or torch.Tensor
+        The early-stopping time, one time in (0, T].
+
+    Returns
+    -------
+    GaussianMixture
+        :math:`\hat P_{t_0}`: n components, weights :math:`1/n` or :math:`w_i(y)`, means :math:`\alpha(t_0)x_i`,
+        isotropic variances :math:`\alpha(t_0)^2\sigma^2 + h(t_0)`, with the estimator's forward process.
+
+    Raises
+    ------
+    TypeError
+        For any other estimator.
+    ValueError
+        For a :class:`KernelScore` with a positive floor, or if t0 is not one time in (0, T].
     """
     if isinstance(estimator, ConditionedScore):
         base, weights, sigma = estimator.estimator, estimator.weights(), estimator.estimator.bandwidth
