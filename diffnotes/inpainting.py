@@ -62,7 +62,7 @@ import torch
 
 from . import _checks
 from .metrics import gaussian_w2, sliced_wasserstein
-from .samplers import _check_times
+from .samplers import _check_times, _ddpm_update, _Loop
 from .sde import VPSDE
 from .targets import Gaussian, GaussianMixture
 
@@ -139,22 +139,21 @@ def _score_at(score, x, t: float) -> torch.Tensor:
     return s
 
 
-def _ddpm_step(x, s, t: float, t_next: float, sde: VPSDE, xi) -> torch.Tensor:
-    """The DDPM ancestral step of :func:`diffnotes.samplers.ddpm` given the score value s at (x, t)."""
-    ab = float(sde.alpha(torch.tensor(t, dtype=torch.float64))) ** 2
-    ab_next = float(sde.alpha(torch.tensor(t_next, dtype=torch.float64))) ** 2
-    beta = 1 - ab / ab_next
-    var = (1 - ab_next) / (1 - ab) * beta
-    return (x + beta * s) / math.sqrt(1 - beta) + math.sqrt(var) * xi
+def _loop(y, generator, return_trajectory: bool, what: str) -> _Loop:
+    """The samplers' loop (:class:`diffnotes.samplers._Loop`) started from N(0, I) draws shaped, typed and placed
+    like the observations ``y``; the start is not recorded yet (the caller records it)."""
+    gen = _checks.generator(generator, device=y.device)
+
+    def fill(shape):
+        return torch.randn(shape, generator=gen, dtype=y.dtype, device=y.device)
+
+    return _Loop(tuple(y.shape), gen, None, return_trajectory, fill=fill, record_start=False, what=what)
 
 
-def _randn(like, generator):
-    return torch.randn(like.shape, generator=generator, dtype=like.dtype, device=like.device)
-
-
-def _noisy_known(y, t: float, sde: VPSDE, generator) -> torch.Tensor:
+def _noisy_known(y, t: float, sde: VPSDE, xi: torch.Tensor) -> torch.Tensor:
+    """A forward sample of the observations at time t, given the standard Gaussian draw ``xi``."""
     a = float(sde.alpha(torch.tensor(t, dtype=torch.float64)))
-    return a * y + math.sqrt(1 - a * a) * _randn(y, generator)
+    return a * y + math.sqrt(1 - a * a) * xi
 
 
 # -- the exact posterior -------------------------------------------------------------------
@@ -291,26 +290,22 @@ def repaint_schedule(n_steps: int, jump_length: int = 1, n_resample: int = 1) ->
 
 
 def _run_repaint(score, y, mask, times, sde, generator, path, return_trajectory):
-    gen = _checks.generator(generator, device=y.device)
-    x = _randn(y, gen)
-    x = torch.where(mask, _noisy_known(y, float(times[0]), sde, gen), x)
-    trajectory = [x.clone()] if return_trajectory else None
+    loop = _loop(y, generator, return_trajectory, "the sampler")
+    loop.record(torch.where(mask, _noisy_known(y, float(times[0]), sde, loop.draw(y)), loop.x))
     with torch.no_grad():
         for i, j in zip(path[:-1], path[1:], strict=False):
             t, t_next = float(times[i]), float(times[j])
+            x = loop.x
             if j > i:  # reverse step, then the known coordinates from a fresh forward sample of y
-                x = _ddpm_step(x, _score_at(score, x, t), t, t_next, sde, _randn(x, gen))
-                x = torch.where(mask, _noisy_known(y, t_next, sde, gen), x)
+                x = _ddpm_update(sde, x, _score_at(score, x, t), t, t_next, loop.draw(x))
+                x = torch.where(mask, _noisy_known(y, t_next, sde, loop.draw(y)), x)
             else:  # RePaint's jump back: the exact forward transition from t to t_next > t
                 r = float(sde.alpha(torch.tensor(t_next, dtype=torch.float64))
                           / sde.alpha(torch.tensor(t, dtype=torch.float64)))
-                x = r * x + math.sqrt(1 - r * r) * _randn(x, gen)
-            if trajectory is not None:
-                trajectory.append(x.clone())
-    x = torch.where(mask, y, x)
-    if not bool(torch.isfinite(x).all()):
-        raise FloatingPointError("the sampler produced non-finite values: a smaller step or a larger t0 is needed")
-    return (x, torch.stack(trajectory)) if return_trajectory else x
+                x = r * x + math.sqrt(1 - r * r) * loop.draw(x)
+            loop.record(x)
+    loop.x = torch.where(mask, y, loop.x)  # the output carries y exactly (the trajectory keeps the last state)
+    return loop.result("a smaller step or a larger t0 is needed")
 
 
 def replacement(score: Callable, y: torch.Tensor, mask, times, *, sde: VPSDE | None = None, generator=None,
@@ -427,12 +422,12 @@ def dps(score: Callable, y: torch.Tensor, mask, times, *, zeta: float = 1.0, nor
         raise ValueError(f"zeta must be a finite number >= 0, got {zeta}")
     if normalise not in _NORMALISE:
         raise ValueError(f"normalise must be 'paper', 'code' or None, got {normalise!r}")
-    gen = _checks.generator(generator, device=y.device)
-    x = _randn(y, gen)
-    trajectory = [x.clone()] if return_trajectory else None
+    loop = _loop(y, generator, return_trajectory, "DPS")
+    loop.record(loop.x)
     yk = y[:, mask].detach()
     for i in range(times.numel() - 1):
         t, t_next = float(times[i]), float(times[i + 1])
+        x = loop.x
         with torch.enable_grad():
             xr = x.detach().requires_grad_(True)
             s = _score_at(score, xr, t)
@@ -440,19 +435,14 @@ def dps(score: Callable, y: torch.Tensor, mask, times, *, zeta: float = 1.0, nor
             resid = ((yk - x0[:, mask]) ** 2).sum(dim=1)
             (grad,) = torch.autograd.grad(resid.sum(), xr)
         with torch.no_grad():
-            x = _ddpm_step(x, s.detach(), t, t_next, sde, _randn(x, gen))
+            x = _ddpm_update(sde, x, s.detach(), t, t_next, loop.draw(x))
             if normalise is None:
                 step = torch.full_like(resid, zeta)
             else:
                 norm = torch.sqrt(resid.detach()).clamp_min(torch.finfo(x.dtype).tiny ** 0.5)
                 step = zeta / norm if normalise == "paper" else zeta / (2 * norm)
-            x = x - step[:, None] * grad
-        if trajectory is not None:
-            trajectory.append(x.clone())
-    if not bool(torch.isfinite(x).all()):
-        raise FloatingPointError("DPS produced non-finite values: the guidance strength zeta is too large for "
-                                 "this grid")
-    return (x, torch.stack(trajectory)) if return_trajectory else x
+            loop.record(x - step[:, None] * grad)
+    return loop.result("the guidance strength zeta is too large for this grid")
 
 
 # -- error to the exact posterior -------------------------------------------------------------------

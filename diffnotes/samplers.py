@@ -149,8 +149,10 @@ class _Loop:
     """The one sampling loop of the package: start, noise source, trajectory and the final finite check.
 
     Every sampler runs through it: the samplers of this module through :func:`_sampler` (via :class:`_Run`), and
-    :func:`diffnotes.acceleration.flow_euler`, :func:`diffnotes.acceleration.consistency_sample` and
-    :func:`diffnotes.localization.stochastic_localization` directly.
+    :func:`diffnotes.acceleration.flow_euler`, :func:`diffnotes.acceleration.consistency_sample`,
+    :func:`diffnotes.localization.stochastic_localization` and the inpainting samplers of
+    :mod:`diffnotes.inpainting` directly.  (The samplers of
+    :mod:`diffnotes.discrete` move tokens of a Markov chain, not Gaussian states: they keep loops of their own.)
 
     Parameters
     ----------
@@ -414,10 +416,17 @@ def _ddpm(run, x, t, t_next):
     which is Algorithm 2 of :cite:t:`ho2020denoising` with :math:`\epsilon = -\sqrt{1-\bar\alpha}\,s` and the posterior
     variance (diffusers' ``fixed_small``).  On :class:`~diffnotes.sde.DiscreteVP` node times it is exactly DDPM.
     """
-    ab, ab_next = _abar(run, t), _abar(run, t_next)
+    return _ddpm_update(run.sde, x, run.score(x, t), t, t_next, run.draw(x))
+
+
+def _ddpm_update(sde: VPSDE, x: torch.Tensor, s: torch.Tensor, t: float, t_next: float, xi: torch.Tensor):
+    """The DDPM ancestral step of :func:`ddpm` from ``x`` at ``t`` to ``t_next``, given the score value ``s`` at
+    (x, t) and the standard Gaussian draw ``xi``: the one update that :func:`ddpm`, the inpainting samplers
+    (:mod:`diffnotes.inpainting`) and the differentiable chain :func:`diffnotes.control.ddpm_chain` share."""
+    ab, ab_next = _scalar(sde.alpha, t) ** 2, _scalar(sde.alpha, t_next) ** 2
     beta = 1 - ab / ab_next
     var = (1 - ab_next) / (1 - ab) * beta
-    return (x + beta * run.score(x, t)) / math.sqrt(1 - beta) + math.sqrt(var) * run.draw(x)
+    return (x + beta * s) / math.sqrt(1 - beta) + math.sqrt(var) * xi
 
 
 def _check_ddim(eta: float = 0.0, arrival=None):
