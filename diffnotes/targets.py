@@ -592,7 +592,7 @@ class SubspaceMixture(GaussianMixture):
         Returns
         -------
         (torch.Tensor, torch.Tensor)
-            The on-subspace and the orthogonal terms, each shaped like ``x``; their sum is :meth:`score`.
+            The on-subspace and the orthogonal terms, each shaped like ``x``; their sum is ``score(x, t)``.
         """
         x = self._check_x(x)
         on = self.latent.score(self.project(x), t) @ self.A.to(x).T
