@@ -1,4 +1,5 @@
-"""The API page's table of chapters and modules matches the modules each chapter really imports."""
+"""The API index's table of chapters and modules matches the modules each chapter really imports, and every module
+has its own API page, listed under the index in the table of contents and in the index's list of modules."""
 
 import re
 from pathlib import Path
@@ -44,6 +45,27 @@ def test_the_table_lists_every_chapter_with_the_modules_it_imports():
     assert list(rows) == list(wanted), "the table's chapters differ from the table of contents (order included)"
     wrong = {f: (sorted(rows[f]), sorted(wanted[f])) for f in wanted if rows[f] != wanted[f]}
     assert not wrong, f"table rows (listed, imported) that disagree: {wrong}"
+
+
+def api_pages() -> list[str]:
+    """The module of each API page, in the order of the table of contents (the sections of the index's entry)."""
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    entry = next(c for part in toc["parts"] for c in part["chapters"] if c["file"] == "book/appendix/api")
+    return [s["file"].removeprefix("book/appendix/api/") for s in entry.get("sections", [])]
+
+
+def test_every_module_has_its_own_api_page():
+    modules = sorted(p.stem for p in (ROOT / "diffnotes").glob("*.py") if not p.stem.startswith("_"))
+    pages = api_pages()
+    assert sorted(pages) == modules, "the API pages in the table of contents differ from the modules of diffnotes"
+    for m in pages:
+        text = (ROOT / f"book/appendix/api/{m}.md").read_text()
+        assert text.startswith(f"# `diffnotes.{m}`: "), f"{m}.md: the title names the module as code"
+        assert re.findall(r"^\.\. automodule:: diffnotes\.(\w+)", text, re.M) == [m], f"{m}.md: one automodule"
+    index = (ROOT / "book/appendix/api.md").read_text()
+    assert "automodule" not in index, "the index documents no module itself (one description per object)"
+    listed = re.findall(r"^- \{mod\}`diffnotes\.(\w+)`: ", index, re.M)
+    assert listed == pages, "the index lists every module once, in the order of the table of contents"
 
 
 def test_the_import_parser():
