@@ -41,7 +41,7 @@ from torch import nn
 from . import _checks
 from .losses import dsm_loss
 from .networks import SinusoidalEmbedding, as_score, seeded
-from .samplers import ddpm, time_grid
+from .samplers import _check_times, _ddpm_update, _Loop, ddpm, time_grid
 from .sde import VPSDE, ConstantVP
 from .training import train
 
@@ -300,6 +300,23 @@ def expert_dataset(n_episodes: int, chunk: int = 8, *, action_noise: float = 0.1
 
 
 # -- the diffusion policy --------------------------------------------------------------------------------------
+def _pairs(obs, actions) -> tuple[torch.Tensor, torch.Tensor]:
+    """Checked (observation, action) pairs: ``(obs, actions)``, one observation row per action row."""
+    actions = _checks.sample(actions, "actions")
+    obs = _checks.points(obs, "obs", numpy=True)
+    if obs.shape[0] != actions.shape[0]:
+        raise ValueError(f"obs must have one row per action ({actions.shape[0]}), got {obs.shape[0]}")
+    return obs, actions
+
+
+def _training_generator(generator) -> torch.Generator:
+    """The generator of a training run: the caller's, or (for None) one seeded once from torch's global stream."""
+    gen = _checks.generator(generator)
+    if gen is None:
+        gen = torch.Generator().manual_seed(int(torch.randint(0, 2**62, ())))
+    return gen
+
+
 class ObservationScoreMLP(nn.Module):
     r"""A conditional network :math:`(a, s, t) \mapsto \varepsilon_\theta(a, s, t)` over actions given an observation.
 
@@ -392,10 +409,7 @@ def policy_dsm_loss(model: Callable, actions: torch.Tensor, obs: torch.Tensor, t
     t0, T, sde, generator, t, eps, reduction
         As in :func:`diffnotes.losses.dsm_loss`.
     """
-    actions = _checks.sample(actions, "actions")
-    obs = _checks.points(obs, "obs", numpy=True)
-    if obs.shape[0] != actions.shape[0]:
-        raise ValueError(f"obs must have one row per action ({actions.shape[0]}), got {obs.shape[0]}")
+    obs, actions = _pairs(obs, actions)
     return dsm_loss(lambda a, tt: model(a, obs, tt), actions, t0, T, sde=sde, generator=_checks.generator(generator),
                     t=t, eps=eps, reduction=reduction)
 
@@ -472,14 +486,9 @@ def fit_diffusion_policy(obs: torch.Tensor, actions: torch.Tensor, *, sde: VPSDE
     progress : bool
         Show a progress bar.
     """
-    actions = _checks.sample(actions, "actions")
-    obs = _checks.points(obs, "obs", numpy=True)
-    if obs.shape[0] != actions.shape[0]:
-        raise ValueError(f"obs must have one row per action ({actions.shape[0]}), got {obs.shape[0]}")
+    obs, actions = _pairs(obs, actions)
     sde = _checks.sde_or_default(sde)
-    gen = _checks.generator(generator)
-    if gen is None:
-        gen = torch.Generator().manual_seed(int(torch.randint(0, 2**62, ())))
+    gen = _training_generator(generator)
     net = ObservationScoreMLP(actions.shape[1], obs.shape[1], hidden, depth, generator=gen)
     model = as_score(net, prediction, sde, conditional=True)
     loss = functools.partial(policy_dsm_loss, t0=t0, sde=sde)
@@ -804,33 +813,38 @@ def ddpm_chain(score: Callable, start: torch.Tensor, times: torch.Tensor, *, sde
     start : torch.Tensor
         The start :math:`x_T`, (n, D).
     times : torch.Tensor
-        A decreasing time grid (see :func:`diffnotes.samplers.time_grid`).
+        A strictly decreasing time grid inside (0, T] (see :func:`diffnotes.samplers.time_grid`).
     sde : VPSDE, optional
         The forward process.
     generator : int, torch.Generator or numpy.random.Generator, optional
         Source of the injected noise.
     noise : callable, optional
         ``noise(like)`` replacing the Gaussian draws (as in the samplers).
+
+    Returns
+    -------
+    torch.Tensor
+        The denoised end of the chain, (n, D), attached to the graph of the score's parameters.
+
+    Raises
+    ------
+    FloatingPointError
+        If the chain becomes non-finite (the samplers' check: the chain runs through their loop).
     """
     sde = _checks.sde_or_default(sde)
-    x = _checks.points(start, "start")
-    times = torch.as_tensor(times, dtype=torch.float64)
-    if times.ndim != 1 or times.numel() < 2 or not bool(torch.all(times[1:] < times[:-1])) or times[-1] <= 0:
-        raise ValueError("times must be a strictly decreasing grid of at least 2 positive times")
-    gen = _checks.generator(generator)
+    times = _check_times(times, sde)
+    loop = _Loop(_checks.points(start, "start"), generator, noise, what="the DDPM chain")  # the samplers' loop
 
     def rows(t):
-        return torch.full((x.shape[0],), float(t), dtype=x.dtype, device=x.device)
+        return torch.full((loop.x.shape[0],), float(t), dtype=loop.x.dtype, device=loop.x.device)
 
     for t, t_next in zip(times[:-1].tolist(), times[1:].tolist(), strict=True):
-        ab = float(sde.alpha(torch.tensor(t, dtype=torch.float64))) ** 2
-        ab_next = float(sde.alpha(torch.tensor(t_next, dtype=torch.float64))) ** 2
-        beta = 1 - ab / ab_next
-        var = (1 - ab_next) / (1 - ab) * beta
-        xi = noise(x) if noise is not None else torch.randn(x.shape, generator=gen, dtype=x.dtype, device=x.device)
-        x = (x + beta * score(x, rows(t))) / math.sqrt(1 - beta) + math.sqrt(var) * xi
+        x = loop.x
+        xi = loop.draw(x)
+        loop.record(_ddpm_update(sde, x, score(x, rows(t)), t, t_next, xi))
     t_last = float(times[-1])
-    return sde.denoise(x, score(x, rows(t_last)), t_last)
+    loop.record(sde.denoise(loop.x, score(loop.x, rows(t_last)), t_last))
+    return loop.result()
 
 
 def diffusion_ql_loss(model: Callable, actions: torch.Tensor, obs: torch.Tensor, *, q: Callable, eta: float,
@@ -908,15 +922,10 @@ def fit_diffusion_ql(obs: torch.Tensor, actions: torch.Tensor, *, q: Callable, e
     progress : bool
         Show a progress bar.
     """
-    actions = _checks.sample(actions, "actions")
-    obs = _checks.points(obs, "obs", numpy=True)
-    if obs.shape[0] != actions.shape[0]:
-        raise ValueError(f"obs must have one row per action ({actions.shape[0]}), got {obs.shape[0]}")
+    obs, actions = _pairs(obs, actions)
     sde = _checks.sde_or_default(sde) if sde is not None else ConstantVP(T=5.0)
     n_steps = _checks.positive_int(n_steps, "n_steps")
-    gen = _checks.generator(generator)
-    if gen is None:
-        gen = torch.Generator().manual_seed(int(torch.randint(0, 2**62, ())))
+    gen = _training_generator(generator)
     times = time_grid(sde, t0, n_steps, spacing="logsnr")
     net = ObservationScoreMLP(actions.shape[1], obs.shape[1], hidden, depth, generator=gen)
     model = as_score(net, "eps", sde, conditional=True)
