@@ -517,6 +517,23 @@ class _Planner:
     """What every planner shares: the inverse-dynamics model that turns planned states into actions."""
 
     inverse_dynamics: InverseDynamics
+    horizon: int
+    state_dim: int
+
+    def _fixed(self, start, goal) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
+        """The checked ``start`` (n, d) and ``goal`` (n, d) or None, and the states they fix in a plan: values
+        (n, H + 1, d) and mask (H + 1, d) (the first state, and the last with a goal)."""
+        start = _states(start, "start", self.state_dim, ndim=2).detach().to(torch.float64)
+        n, d = start.shape
+        y = torch.zeros(n, self.horizon + 1, d, dtype=torch.float64)
+        mask = torch.zeros(self.horizon + 1, d, dtype=torch.bool)
+        y[:, 0], mask[0] = start, True
+        if goal is not None:
+            goal = _states(goal, "goal", d, ndim=2).detach().to(torch.float64)
+            if goal.shape[0] != n:
+                raise ValueError(f"goal must have one row per start ({n}), got {goal.shape[0]}")
+            y[:, -1], mask[-1] = goal, True
+        return start, goal, y, mask
 
     def actions(self, plans) -> torch.Tensor:
         """The inverse-dynamics actions (n, H, d_a) of the plans.
@@ -597,16 +614,8 @@ class DecisionDiffuser(_Planner):
         generator : int, torch.Generator or numpy.random.Generator, optional
             Source of the sampler's draws.
         """
-        start = _states(start, "start", self.state_dim, ndim=2).detach().to(torch.float64)
+        start, goal, y, mask = self._fixed(start, goal)
         n, d = start.shape
-        y = torch.zeros(n, self.horizon + 1, d, dtype=torch.float64)
-        mask = torch.zeros(self.horizon + 1, d, dtype=torch.bool)
-        y[:, 0], mask[0] = start, True
-        if goal is not None:
-            goal = _states(goal, "goal", d, ndim=2).detach().to(torch.float64)
-            if goal.shape[0] != n:
-                raise ValueError(f"goal must have one row per start ({n}), got {goal.shape[0]}")
-            y[:, -1], mask[-1] = goal, True
         if target is None:
             score = functools.partial(_unconditional, self.score)
         else:
@@ -886,7 +895,7 @@ class GaussianTrajectoryPlanner(_Planner):
         generator : int, torch.Generator or numpy.random.Generator, optional
             Source of the draws (``mode="sample"``).
         """
-        start = _states(start, "start", self.state_dim, ndim=2).detach().to(torch.float64)
+        start, goal, y, mask = self._fixed(start, goal)
         n, d = start.shape
         if target is None:
             mean = (self.features(torch.zeros(1, dtype=torch.float64)) @ self.weights).expand(n, -1)
@@ -894,14 +903,6 @@ class GaussianTrajectoryPlanner(_Planner):
                 raise ValueError("pass a target return (or fit with degree=0 for an unconditional model)")
         else:
             mean = self.features(_returns(target, n, "target")) @ self.weights
-        y = torch.zeros(n, self.horizon + 1, d, dtype=torch.float64)
-        mask = torch.zeros(self.horizon + 1, d, dtype=torch.bool)
-        y[:, 0], mask[0] = start, True
-        if goal is not None:
-            goal = _states(goal, "goal", d, ndim=2).detach().to(torch.float64)
-            if goal.shape[0] != n:
-                raise ValueError(f"goal must have one row per start ({n}), got {goal.shape[0]}")
-            y[:, -1], mask[-1] = goal, True
         y, mask = y.reshape(n, -1), mask.reshape(-1)
         # the posterior of a Gaussian with a per-row mean: shift the data by the row's mean, condition at mean 0
         m, C = gaussian_posterior(torch.zeros(y.shape[1], dtype=torch.float64), self.cov, mask, y - mean)
