@@ -28,8 +28,9 @@ Repository
 
 Notebooks
     Every page whose source is a MyST Markdown notebook with a jupytext header gets, under its title, a link
-    to a Jupyter notebook made from that source by jupytext, written to ``_notebooks/<docname>.ipynb`` in the
-    HTML output.
+    to a Jupyter notebook of that chapter with the outputs the page shows (from the build's jupyter-cache; made
+    from the source by jupytext when the cache has none), written to ``_notebooks/<docname>.ipynb`` in the HTML
+    output.
 """
 
 from __future__ import annotations
@@ -590,16 +591,37 @@ def plain_markdown(text: str) -> str:
     return _ROLE.sub(replace, text)
 
 
-def write_notebook(source: Path, destination: Path, executed: Path | None = None, repository: str = "") -> None:
+def executed_notebook(app: Sphinx, docname: str):
+    """The chapter as the page shows it: MyST-NB's reading of the source with the outputs the page was built from,
+    taken from the build's jupyter-cache (filled by the notebook tests, or by the build's own executions); ``None``
+    when the cache has no entry for it."""
+    from jupyter_cache import get_cache
+    from myst_nb.core.read import create_nb_reader
+
+    path = Path(app.env.doc2path(docname))
+    text = path.read_text(encoding="utf-8")
+    config = app.env.mystnb_config
+    reader = create_nb_reader(str(path), app.env.myst_config, config, text)
+    if reader is None or not config.execution_cache_path:
+        return None
+    try:
+        _, notebook = get_cache(str(config.execution_cache_path)).merge_match_into_notebook(reader.read(text))
+    except KeyError:
+        return None
+    return notebook
+
+
+def write_notebook(source: Path, destination: Path, executed=None, repository: str = "") -> None:
     """Write the downloadable notebook of a chapter.
 
-    The executed notebook of the build (``executed``, with outputs) is used when there is one, else the source is
-    converted with jupytext. Markdown cells lose their MyST roles, and a first cell says how to run the chapter.
+    The executed notebook of the build (``executed``, a notebook with outputs) is used when there is one, else the
+    source is converted with jupytext. Markdown cells lose their MyST roles, and a first cell says how to run the
+    chapter.
     """
     import jupytext
     import nbformat
 
-    notebook = nbformat.read(executed, as_version=4) if executed and executed.exists() else jupytext.read(source)
+    notebook = nbformat.from_dict(executed) if executed is not None else jupytext.read(source)
     for cell in notebook.cells:
         if cell.cell_type == "markdown":
             cell.source = plain_markdown(cell.source)
@@ -623,9 +645,8 @@ def on_build_finished(app: Sphinx, exception: Exception | None) -> None:
         if docname not in app.env.all_docs:
             continue
         destination = outdir / NOTEBOOK_DIR / (docname + ".ipynb")
-        executed = outdir.parent / "jupyter_execute" / (docname + ".ipynb")
         repository = (app.config.html_theme_options or {}).get("repository_url", "") or ""
-        write_notebook(Path(app.env.doc2path(docname)), destination, executed, repository)
+        write_notebook(Path(app.env.doc2path(docname)), destination, executed_notebook(app, docname), repository)
     records = [r for r in load_claims(_claims_dir(app)) if r.get("chapter") in app.env.all_docs]
     static = outdir / "_static"
     static.mkdir(parents=True, exist_ok=True)
