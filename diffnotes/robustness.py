@@ -236,6 +236,14 @@ def accuracy(labels_pred, y) -> float:
 
 
 # -- attacks -------------------------------------------------------------------------------------------------------
+def _attack_inputs(classifier, x, y, radius, norm):
+    """The checked arguments every attack takes: classifier, points (detached), labels, radius and norm."""
+    classifier = _classifier(classifier)
+    x = _checks.points(x, "x").detach()
+    y = _checks.labels(y, x.shape[0], device=x.device)
+    return classifier, x, y, _radius(radius), _norm(norm)
+
+
 def _input_gradient(classifier, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     x = x.detach().requires_grad_(True)
     with torch.enable_grad():
@@ -292,10 +300,7 @@ def fgsm(classifier, x, y, radius: float, *, norm: str = "linf") -> torch.Tensor
     torch.Tensor
         The attacked points, shape (n, D), detached.
     """
-    classifier = _classifier(classifier)
-    x = _checks.points(x, "x")
-    y = _checks.labels(y, x.shape[0], device=x.device)
-    radius, norm = _radius(radius), _norm(norm)
+    classifier, x, y, radius, norm = _attack_inputs(classifier, x, y, radius, norm)
     return (x + radius * _direction(_input_gradient(classifier, x, y), norm)).detach()
 
 
@@ -315,16 +320,8 @@ def pgd(classifier, x, y, radius: float, *, norm: str = "linf", n_steps: int = 2
 
     Parameters
     ----------
-    classifier : callable
-        ``x -> logits`` of shape (n, C), differentiable in x.
-    x : torch.Tensor
-        Clean points, shape (n, D).
-    y : int or array_like
-        Their true labels.
-    radius : float
-        The attack radius :math:`\epsilon \ge 0`.
-    norm : {"linf", "l2"}
-        The norm of the ball.
+    classifier, x, y, radius, norm
+        As in :func:`fgsm`.
     n_steps : int
         Number of ascent steps.
     step_size : float, optional
@@ -339,10 +336,7 @@ def pgd(classifier, x, y, radius: float, *, norm: str = "linf", n_steps: int = 2
     torch.Tensor
         The attacked points, shape (n, D), detached, each within the ball.
     """
-    classifier = _classifier(classifier)
-    x = _checks.points(x, "x").detach()
-    y = _checks.labels(y, x.shape[0], device=x.device)
-    radius, norm = _radius(radius), _norm(norm)
+    classifier, x, y, radius, norm = _attack_inputs(classifier, x, y, radius, norm)
     n_steps = _checks.positive_int(n_steps, "n_steps")
     gamma = 2.5 * radius / n_steps if step_size is None else _radius(step_size, "step_size")
     gen = _checks.generator(generator)
