@@ -126,3 +126,28 @@ def test_repeated_inline_scripts_are_dropped_from_the_head_only():
     page = "<head>\n" + a + b + a + "</head>\n<body>\n" + a + "</body>\n"
     cleaned = module.drop_repeated_inline_scripts(page)
     assert cleaned == "<head>\n" + a + b + "</head>\n<body>\n" + a + "</body>\n"
+
+
+def test_stream_outputs_are_merged_only_where_consecutive():
+    """Text printed between two displays stays between them (nbval's own merger moved it ahead of both)."""
+    from nbformat.v4 import new_output
+    from nbval.plugin import coalesce_streams
+
+    chapters = load_chapters()
+    outputs = [
+        new_output("stream", name="stdout", text="a\n"),
+        new_output("stream", name="stdout", text="b\n"),
+        new_output("display_data", data={"text/plain": "player 1"}),
+        new_output("stream", name="stdout", text="c\rC\n"),
+        new_output("display_data", data={"text/plain": "player 2"}),
+        new_output("stream", name="stderr", text="w\n"),
+    ]
+    merged = chapters.merge_consecutive_streams(outputs, coalesce_streams)
+    assert [(o.output_type, o.get("text", o.get("data", {}).get("text/plain"))) for o in merged] == [
+        ("stream", "a\nb\n"),
+        ("display_data", "player 1"),
+        ("stream", "C\n"),
+        ("display_data", "player 2"),
+        ("stream", "w\n"),
+    ]
+

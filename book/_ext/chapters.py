@@ -12,7 +12,9 @@ The chapters are executed once per CI run, by nbval, and the book is assembled f
 
     * sets ``DIFFNOTES_CHAPTER`` to the chapter's docname before its kernel starts, so that the claims the chapter
       checks are recorded for the Scorecard (``diffnotes.claims``, ``DIFFNOTES_CLAIMS_DIR``);
-    * keeps each cell's outputs (nbval already merges consecutive stream outputs) and, when every cell of a chapter
+    * executes each cell as Jupyter does (stored in the kernel's history, so that a trailing ``;`` silences its
+      result) and keeps its outputs in order (consecutive outputs of a stream merged, as Jupyter shows them);
+    * when every cell of a chapter
       has passed, writes the executed notebook and its wall time to ``_build/executed/<docname>.ipynb``.
 ``fill-cache``
     Stores the executed notebooks in the jupyter-cache that MyST-NB reads in ``cache`` execution mode
@@ -125,12 +127,35 @@ def execute_with_history(kernel, cell_input, allow_stdin=None):
     return kernel.kc.execute(cell_input, store_history=True, allow_stdin=allow_stdin, stop_on_error=False)
 
 
+def merge_consecutive_streams(outputs, coalesce):
+    """Merge each run of consecutive outputs of one stream (stdout or stderr) with ``coalesce`` (nbval's merger,
+    which also resolves ``\\r`` and ``\\b``), keeping every other output where it was.
+
+    nbval's own merger joins *all* outputs of a stream into its first, which moves text printed between two
+    displays (an audio player, a figure) ahead of both; Jupyter, and MyST-NB's ``nb_merge_streams``, join only
+    consecutive ones.
+    """
+    merged, run = [], []
+    for output in list(outputs or []):
+        if run and not (output.get("output_type") == "stream" and output.get("name") == run[0].get("name")):
+            merged += coalesce(run)
+            run = []
+        if output.get("output_type") == "stream":
+            run.append(output)
+        else:
+            merged.append(output)
+    return merged + (coalesce(run) if run else [])
+
+
 def pytest_configure(config):
     try:
+        import nbval.plugin
         from nbval.kernel import RunningKernel
     except ImportError:  # the plugin is loaded without nbval (no chapters to run)
         return
     RunningKernel.execute_cell_input = execute_with_history
+    coalesce = nbval.plugin.coalesce_streams
+    nbval.plugin.coalesce_streams = lambda outputs: merge_consecutive_streams(outputs, coalesce)
 
 
 def _is_nbval_cell(item) -> bool:
