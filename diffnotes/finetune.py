@@ -46,6 +46,7 @@ from .guidance import classifier_free_guidance
 from .losses import conditional_dsm_loss
 from .networks import SinusoidalEmbedding, _mlp, _param_like, as_score, seeded
 from .reward import gradient_guidance
+from .samplers import _check_times, _Loop
 from .sde import VPSDE, ConstantVP
 from .training import TrainResult, train
 
@@ -96,6 +97,17 @@ def prompt_index(prompt) -> int:
     """The index of a prompt given as a tuple ``(shape, intensity, position)`` or a dict of the three attributes.
 
     Raises ``ValueError`` for a value outside :data:`ATTRIBUTES` (the message lists the allowed values).
+
+    Parameters
+    ----------
+    prompt : tuple, list or dict
+        ``(shape, intensity, position)`` (values from :data:`ATTRIBUTES`), or a dict with exactly the keys
+        ``"shape"``, ``"intensity"`` and ``"position"``.
+
+    Returns
+    -------
+    int
+        The prompt's position in :data:`PROMPTS`, its label.
     """
     if isinstance(prompt, dict):
         missing = set(ATTRIBUTES) - set(prompt)
@@ -111,7 +123,19 @@ def prompt_index(prompt) -> int:
 
 
 def prompt_attributes(y) -> torch.Tensor:
-    """The attribute indices (n, 3) of prompt labels y (n,), in 0..N_PROMPTS (N_PROMPTS: the null prompt, -1 each)."""
+    """The attribute indices (n, 3) of prompt labels y (n,), in 0..N_PROMPTS (N_PROMPTS: the null prompt, -1 each).
+
+    Parameters
+    ----------
+    y : int or array_like of int
+        Prompt labels in 0..N_PROMPTS (flattened to (n,)); a label outside raises ``ValueError``.
+
+    Returns
+    -------
+    torch.Tensor
+        Long tensor (n, 3): the index of each row's shape, intensity and position in :data:`ATTRIBUTES` (-1 for the
+        null prompt).
+    """
     y = torch.as_tensor(y).long().reshape(-1)
     if torch.any((y < 0) | (y > N_PROMPTS)):
         raise ValueError(f"prompt labels must lie in 0..{N_PROMPTS} ({N_PROMPTS} is the null prompt), got "
@@ -146,7 +170,20 @@ def _draw(shape: str, level: float, col: int, row: int) -> np.ndarray:
 
 
 def prompt_images(y, row) -> torch.Tensor:
-    """The clean (noise-free) image of each prompt label y (n,) with its shape centred on row ``row`` (n,), (n, 64)."""
+    """The clean (noise-free) image of each prompt label y (n,) with its shape centred on row ``row`` (n,), (n, 64).
+
+    Parameters
+    ----------
+    y : int or array_like of int
+        Prompt labels in 0..N_PROMPTS-1, shape (n,) (or one label).
+    row : int or array_like of int
+        The centre row of each image's shape, broadcast to (n,); 2..5 keeps every shape inside the 8x8 image.
+
+    Returns
+    -------
+    torch.Tensor
+        The flat images, (n, 64), float64, background -1.
+    """
     y = _check_prompts(y)
     rows = np.broadcast_to(np.asarray(row), y.shape)
     out = [_draw(*PROMPTS[int(i)][:1], _LEVEL[PROMPTS[int(i)][1]], _COLUMN[PROMPTS[int(i)][2]], int(r)).ravel()
@@ -199,6 +236,16 @@ def read_prompt(x: torch.Tensor) -> torch.Tensor:
 
     A fixed, exact reader of the synthetic images (their "CLIP"): on images of :func:`make_images` with noise 0.05
     it is always right.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        Flat images, (n, 64).
+
+    Returns
+    -------
+    torch.Tensor
+        The prompt label of each image, long (n,).
     """
     x = _checks.points(x, "x", _SIDE * _SIDE)
     labels = torch.arange(N_PROMPTS).repeat_interleave(4)
@@ -210,7 +257,13 @@ def read_prompt(x: torch.Tensor) -> torch.Tensor:
 
 def brightness(x: torch.Tensor) -> torch.Tensor:
     r"""The mean pixel value of each image clipped to the pixel range, :math:`r(x) = \frac1{D}\sum_j
-    \mathrm{clip}(x_j, -1, 1)` (a simple "aesthetic" reward in [-1, 1]), (n,)."""
+    \mathrm{clip}(x_j, -1, 1)` (a simple "aesthetic" reward in [-1, 1]), (n,).
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        Images, (n, D); differentiable (the reward of ``"backprop"`` and ``"guidance"``).
+    """
     x = _checks.points(x, "x")
     return x.clamp(-1.0, 1.0).mean(dim=1)
 
@@ -219,6 +272,11 @@ def diversity(x: torch.Tensor) -> float:
     r"""The mean per-pixel standard deviation of a set of images (n, D), :math:`\frac1D\sum_j\mathrm{sd}(x_{\cdot j})`.
 
     Zero when every image is the same: the collapse of diversity that reward hacking produces.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        Images, (n, D), n >= 2.
     """
     x = _checks.points(x, "x", min_n=2)
     return float(x.detach().std(dim=0).mean())
@@ -266,13 +324,29 @@ class PromptScoreMLP(nn.Module):
         return N_PROMPTS
 
     def encode(self, y: torch.Tensor) -> torch.Tensor:
-        """The prompt embeddings e(y), (n, prompt_dim), of labels in 0..N_PROMPTS."""
+        """The prompt embeddings e(y), (n, prompt_dim), of labels in 0..N_PROMPTS.
+
+        Parameters
+        ----------
+        y : int or array_like of int
+            Prompt labels in 0..N_PROMPTS (N_PROMPTS: the null prompt), shape (n,).
+        """
         idx = prompt_attributes(y)
         return sum(table(torch.where(idx[:, j] < 0, table.num_embeddings - 1, idx[:, j]))
                    for j, table in enumerate(self.attributes))
 
     def forward(self, x: torch.Tensor, y, t) -> torch.Tensor:
-        """The output for flat images x (n, 64), prompt labels y (an int or (n,)) and times t."""
+        """The output for flat images x (n, 64), prompt labels y (an int or (n,)) and times t, shaped like x.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Flat (noisy) images, (n, 64).
+        y : int or array_like of int
+            One prompt label for all rows or one per row, in 0..N_PROMPTS (N_PROMPTS: the null prompt).
+        t : float or torch.Tensor
+            One time, or one per row.
+        """
         x = _checks.points(x, "x", self.dim)
         p = _param_like(self)
         y = _checks.labels(y, x.shape[0], device=p.device)
@@ -329,6 +403,20 @@ def prompt_score(cond_score: Callable, y, guidance: float = 0.0) -> Callable:
 
     A thin, checked front of :func:`diffnotes.guidance.classifier_free_guidance` for prompt labels (a label outside
     0..N_PROMPTS-1 raises ``ValueError``).
+
+    Parameters
+    ----------
+    cond_score : callable
+        The conditional score ``cond_score(x, y, t)`` (label N_PROMPTS: the null prompt).
+    y : int or array_like of int
+        One prompt label for every row, or one per row (n,), in 0..N_PROMPTS-1.
+    guidance : float
+        The guidance weight w (0: the conditional score itself).
+
+    Returns
+    -------
+    callable
+        The guided score ``score(x, t)``.
     """
     y = _check_prompts(y)
     return classifier_free_guidance(cond_score, y if y.numel() > 1 else int(y[0]), guidance, N_PROMPTS,
@@ -351,14 +439,38 @@ def step_coefficients(sde: VPSDE, t: float, t_next: float, eta: float = 1.0) -> 
     so that the policy's transition is the Gaussian :math:`\mathsf N(c\,x + d\,s(x, t), \sigma^2 I)`; ``eta = 1`` is
     DDPM's ancestral step.  Book chapters *Text-to-image style generation and reward fine-tuning* and *Diffusion
     models and stochastic control*.
+
+    Parameters
+    ----------
+    sde : VPSDE or None
+        The forward process (None: :class:`~diffnotes.sde.ConstantVP`).
+    t, t_next : float
+        The step's times, :math:`0 < t' < t \le T`.
+    eta : float
+        DDIM stochasticity in (0, 1] (1: DDPM).
+
+    Returns
+    -------
+    (float, float, float)
+        :math:`(c, d, \sigma)`.
     """
     sde = _checks.sde_or_default(sde)
-    eta = float(eta)
-    if not (0 < eta <= 1):
-        raise ValueError(f"eta must lie in (0, 1] for a stochastic chain (eta = 0 has no log-probabilities), got {eta}")
+    eta = _check_eta(eta)
     t, t_next = float(t), float(t_next)
     if not (0 < t_next < t <= sde.T * (1 + 1e-12)):
         raise ValueError(f"need 0 < t_next < t <= T = {sde.T}, got t = {t}, t_next = {t_next}")
+    return _coefficients(sde, t, t_next, eta)
+
+
+def _check_eta(eta) -> float:
+    eta = float(eta)
+    if not (0 < eta <= 1):
+        raise ValueError(f"eta must lie in (0, 1] for a stochastic chain (eta = 0 has no log-probabilities), got {eta}")
+    return eta
+
+
+def _coefficients(sde: VPSDE, t: float, t_next: float, eta: float) -> tuple[float, float, float]:
+    """:func:`step_coefficients` for arguments already checked (a chain checks its grid and eta once)."""
     ab = float(sde.alpha(torch.tensor(t, dtype=torch.float64))) ** 2
     ab_next = float(sde.alpha(torch.tensor(t_next, dtype=torch.float64))) ** 2
     sigma = eta * math.sqrt((1 - ab_next) / (1 - ab) * (1 - ab / ab_next))
@@ -411,7 +523,21 @@ def transition_log_prob(score: Callable, x: torch.Tensor, x_next: torch.Tensor, 
 class Chain:
     r"""A run of the stochastic chain: states :math:`x_0, \dots, x_K` (K+1, n, D), per-step log-probabilities
     (K, n), the grid ``times`` (K+1,), the per-step noise scales ``sigmas`` (K,) and ``final`` (n, D), the output
-    (the last state, or its Tweedie denoising with ``final_denoise``)."""
+    (the last state, or its Tweedie denoising with ``final_denoise``).
+
+    Parameters
+    ----------
+    states : torch.Tensor
+        The visited states :math:`x_0, \dots, x_K`, (K + 1, n, D), detached.
+    log_probs : torch.Tensor
+        :math:`\log\pi(x_{k+1}\mid x_k)` of each step and path, (K, n), detached.
+    times : torch.Tensor
+        The grid :math:`t_0 > \dots > t_K`, (K + 1,).
+    sigmas : torch.Tensor
+        The noise scale :math:`\sigma_k` of each step, (K,).
+    final : torch.Tensor
+        The output (n, D), attached to the graph of the steps that were differentiated through.
+    """
 
     states: torch.Tensor
     log_probs: torch.Tensor
@@ -462,40 +588,40 @@ def sample_chain(score: Callable, start: torch.Tensor, times, *, sde: VPSDE | No
         ``noise(like)`` replacing the Gaussian draws.
     """
     sde = _checks.sde_or_default(sde)
-    x = _checks.points(start, "start")
-    times = _grid(times)
+    times = _check_times(times, sde)
+    eta = _check_eta(eta)
     K = times.numel() - 1
     if grad_steps is None:
         grad_steps = K
     grad_steps = _checks.positive_int(grad_steps, "grad_steps", minimum=0)
-    gen = _checks.generator(generator)
-    states, log_probs, sigmas = [x.detach()], [], []
+    # the samplers' loop (start, noise hook, trajectory, finite check); the states are kept in the graph
+    loop = _Loop(_checks.points(start, "start"), generator, noise, return_trajectory=True, what="the chain")
+    log_probs, sigmas = [], []
     for k in range(K):
         t, t_next = float(times[k]), float(times[k + 1])
-        c, d, sigma = step_coefficients(sde, t, t_next, eta)
+        c, d, sigma = _coefficients(sde, t, t_next, eta)
         keep = k >= K - grad_steps
-        if not keep:
-            x = x.detach()
+        x = loop.x if keep else loop.x.detach()
         with torch.set_grad_enabled(keep and torch.is_grad_enabled()):
             mean = c * x + d * score(x, torch.full((x.shape[0],), t, dtype=x.dtype))
-            xi = noise(x) if noise is not None else torch.randn(x.shape, generator=gen, dtype=x.dtype)
-            x_next = mean + sigma * xi
+            x_next = mean + sigma * loop.draw(x)
             log_probs.append(_gaussian_log_prob(x_next.detach(), mean.detach(), sigma))
-        x = x_next
-        states.append(x.detach())
+        loop.record(x_next)
         sigmas.append(sigma)
+    x, states = loop.result()
     final = x
     if final_denoise:
         t_last = float(times[-1])
         final = sde.denoise(x, score(x, torch.full((x.shape[0],), t_last, dtype=x.dtype)), t_last)
-    return Chain(torch.stack(states), torch.stack(log_probs), times, torch.tensor(sigmas, dtype=torch.float64), final)
+    return Chain(states.detach(), torch.stack(log_probs), times, torch.tensor(sigmas, dtype=torch.float64), final)
 
 
 def _stacked(chain: Chain, sde: VPSDE, eta: float):
     """All visited states x_0..x_{K-1} stacked step-major (K n, D), their times (K n,) and the step coefficients."""
     K, n = chain.states.shape[0] - 1, chain.states.shape[1]
-    coef = torch.tensor([step_coefficients(sde, float(chain.times[k]), float(chain.times[k + 1]), eta)
-                         for k in range(K)], dtype=torch.float64)
+    times, eta = _check_times(chain.times, sde), _check_eta(eta)
+    coef = torch.tensor([_coefficients(sde, float(times[k]), float(times[k + 1]), eta) for k in range(K)],
+                        dtype=torch.float64)
     x = chain.states[:-1].reshape(K * n, -1)
     t = chain.times[:-1].to(x.dtype).repeat_interleave(n)
     return x, t, coef.to(x.dtype), K, n
@@ -507,6 +633,17 @@ def chain_log_probs(score: Callable, chain: Chain, *, sde: VPSDE | None = None, 
     Equal to :func:`transition_log_prob` step by step, but the score is called **once**, on all K n visited states
     stacked step-major (rows :math:`k n, \dots, k n + n - 1` hold step k) with one time per row: ``score`` must
     accept K n rows (bind per-row labels repeated K times).  Differentiable in the score's parameters.
+
+    Parameters
+    ----------
+    score : callable
+        ``score(x, t)``, called once on the (K n, D) stacked states with (K n,) times.
+    chain : Chain
+        A recorded chain (:func:`sample_chain`).
+    sde : VPSDE, optional
+        Forward process (the chain's).
+    eta : float
+        DDIM stochasticity in (0, 1] (the chain's).
     """
     sde = _checks.sde_or_default(sde)
     x, t, coef, K, n = _stacked(chain, sde, eta)
@@ -533,6 +670,19 @@ def chain_kl(score: Callable, reference: Callable, chain: Chain, *, sde: VPSDE |
     :math:`\mathrm{KL}(P^\theta_{\rm path}\,\|\,P^{\rm ref}_{\rm path})` (chain rule), an upper bound on the KL of the
     outputs.  Differentiable in :math:`\theta` at the (fixed) visited states: DPOK's KL term :cite:p:`fan2023dpok`.
     As in :func:`chain_log_probs`, both scores are called once on the K n stacked states.
+
+    Parameters
+    ----------
+    score : callable
+        The trained score :math:`s_\theta(x, t)` (gradients flow through it).
+    reference : callable
+        The pretrained score :math:`s_{\rm ref}(x, t)` (evaluated without gradients).
+    chain : Chain
+        A recorded chain (:func:`sample_chain`) whose visited states are used.
+    sde : VPSDE, optional
+        Forward process (the chain's).
+    eta : float
+        DDIM stochasticity in (0, 1] (the chain's).
     """
     sde = _checks.sde_or_default(sde)
     x, t, coef, K, n = _stacked(chain, sde, eta)
@@ -567,7 +717,15 @@ class StepControl(nn.Module):
         self.offsets = nn.Parameter(torch.zeros(self.times.numel(), self.dim, dtype=torch.float64))
 
     def forward(self, x: torch.Tensor, t) -> torch.Tensor:
-        """The offset of each row's grid time t (t must be one of the grid times), shape like x (n, dim)."""
+        """The offset of each row's grid time t (t must be one of the grid times), shape like x (n, dim).
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Points, (n, dim) (only their number of rows and dtype matter).
+        t : float or torch.Tensor
+            One grid time, or one per row.
+        """
         x = _checks.points(x, "x", self.dim)
         tr = _checks.time_rows(t, x.shape[0], x).to(torch.float64)
         gap = (tr[:, None] - self.times[None, :]).abs()
@@ -584,6 +742,14 @@ class ControlledScore(nn.Module):
     drift of the pretrained model plus :math:`g\,u`: fine-tuning as control (review Section 7.1,
     :cite:p:`uehara2024fine`).  Only the control's parameters are trained (freeze the reference's own parameters);
     gradients still flow through the reference's dependence on x, as back-propagation through the sampler needs.
+
+    Parameters
+    ----------
+    reference : callable
+        The pretrained score ``reference(x, t)`` (not registered as a submodule: its parameters are not the
+        module's).
+    control : torch.nn.Module
+        The control ``control(x, t)`` (e.g. a :class:`StepControl`), whose parameters are trained.
     """
 
     def __init__(self, reference: Callable, control: nn.Module):
@@ -594,7 +760,15 @@ class ControlledScore(nn.Module):
         self.control = control
 
     def forward(self, x: torch.Tensor, t) -> torch.Tensor:
-        """The controlled score: the reference score plus the control at (x, t)."""
+        """The controlled score: the reference score plus the control at (x, t).
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Points, (n, D).
+        t : float or torch.Tensor
+            One time, or one per row.
+        """
         return self.reference(x, t) + self.control(x, t)
 
 
@@ -609,7 +783,23 @@ class FinetuneResult:
     prompts; for ``"guidance"`` the guided score), the ``model`` whose parameters were trained (None for
     guidance), and per iteration the batch mean ``reward`` (with its standard error ``reward_se``) and the batch
     mean path ``kl`` to the pretrained chain (:func:`chain_kl`), all measured on the paths of that iteration before
-    its update."""
+    its update.
+
+    Parameters
+    ----------
+    score : callable
+        The fine-tuned (or, for ``"guidance"``, the guided) score.
+    model : torch.nn.Module or None
+        The trained module (None for ``"guidance"``).
+    reward : numpy.ndarray
+        Batch mean reward per iteration, (n_iters,).
+    reward_se : numpy.ndarray
+        Its standard error, (n_iters,).
+    kl : numpy.ndarray
+        Batch mean path KL to the pretrained chain per iteration, (n_iters,).
+    extra : dict
+        Room for method-specific records (empty by default).
+    """
 
     score: Callable
     model: nn.Module | None
@@ -699,6 +889,9 @@ def finetune(method: str, model: nn.Module, reference: Callable, reward: Callabl
     prompts : array of ints, optional
         Prompt labels; each path gets one drawn uniformly from them, and the scores are called with it, with
         classifier-free guidance of weight ``guidance``.
+    guidance : float
+        The classifier-free guidance weight w of the prompted scores (:func:`prompt_score`; ignored without
+        ``prompts``).
     final_denoise : bool
         Score the Tweedie denoising of the last state instead of the state.
     callback : callable, optional
@@ -723,12 +916,12 @@ def finetune(method: str, model: nn.Module, reference: Callable, reward: Callabl
     if not callable(reference):
         raise TypeError("reference must be a score callable")
     sde = _checks.sde_or_default(sde)
-    times = _grid(times)
+    times = _check_times(times, sde)
+    eta = _check_eta(eta)
     dim = _checks.positive_int(dim, "dim")
     n_iters = _checks.positive_int(n_iters, "n_iters")
     batch_size = _checks.positive_int(batch_size, "batch_size", minimum=2)
     inner = _checks.positive_int(inner, "inner")
-    step_coefficients(sde, float(times[0]), float(times[1]), eta)  # validates eta
     gen = _checks.generator(generator)
     prompt_set = None if prompts is None else _check_prompts(prompts)
 

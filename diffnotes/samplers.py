@@ -150,9 +150,9 @@ class _Loop:
 
     Every sampler runs through it: the samplers of this module through :func:`_sampler` (via :class:`_Run`), and
     :func:`diffnotes.acceleration.flow_euler`, :func:`diffnotes.acceleration.consistency_sample`,
-    :func:`diffnotes.localization.stochastic_localization` and the inpainting samplers of
-    :mod:`diffnotes.inpainting` directly.  (The samplers of
-    :mod:`diffnotes.discrete` move tokens of a Markov chain, not Gaussian states: they keep loops of their own.)
+    :func:`diffnotes.localization.stochastic_localization`, the inpainting samplers of :mod:`diffnotes.inpainting`,
+    :func:`diffnotes.control.ddpm_chain` and :func:`diffnotes.finetune.sample_chain` directly.  (The samplers of
+    :mod:`diffnotes.discrete` move the tokens of a Markov chain, not Gaussian states: they keep loops of their own.)
 
     Parameters
     ----------
