@@ -157,6 +157,15 @@ def _positive_times(t, name: str = "t") -> torch.Tensor:
     return t
 
 
+def _row_times(t, n: int) -> torch.Tensor:
+    """Times > 0 given as a number or one per row (n,), returned as an (n,) float64 tensor."""
+    t = _positive_times(t)
+    t = t.expand(n) if t.ndim == 0 else t
+    if t.shape != (n,):
+        raise ValueError(f"t must be a number or one time per row (shape ({n},)), got shape {tuple(t.shape)}")
+    return t
+
+
 class FactorizedCTMC:
     r"""The forward chain: every position of a length-``length`` sequence jumps independently with rate matrix Q.
 
@@ -195,7 +204,17 @@ class FactorizedCTMC:
 
     @classmethod
     def uniform(cls, n_tokens: int, length: int, rate: float = 1.0) -> FactorizedCTMC:
-        r"""Uniform kernel on ``n_tokens`` tokens: :math:`Q = \tfrac{\beta}{S}\mathbf 1\mathbf 1^\top - \beta I`."""
+        r"""Uniform kernel on ``n_tokens`` tokens: :math:`Q = \tfrac{\beta}{S}\mathbf 1\mathbf 1^\top - \beta I`.
+
+        Parameters
+        ----------
+        n_tokens : int
+            The vocabulary size S, at least 2.
+        length : int
+            The sequence length L.
+        rate : float
+            :math:`\beta > 0`, the total jump rate of a position.
+        """
         S = _checks.positive_int(n_tokens, "n_tokens", 2)
         beta = _rate(rate)
         Q = beta / S * np.ones((S, S)) - beta * np.eye(S)
@@ -203,7 +222,17 @@ class FactorizedCTMC:
 
     @classmethod
     def absorbing(cls, n_tokens: int, length: int, rate: float = 1.0) -> FactorizedCTMC:
-        r"""Absorbing kernel: ``n_tokens`` data tokens, mask ``n_tokens``; :math:`Q = \beta(e_m\mathbf 1^\top - I)`."""
+        r"""Absorbing kernel: ``n_tokens`` data tokens, mask ``n_tokens``; :math:`Q = \beta(e_m\mathbf 1^\top - I)`.
+
+        Parameters
+        ----------
+        n_tokens : int
+            The number of data tokens, at least 1 (S = ``n_tokens + 1`` with the mask).
+        length : int
+            The sequence length L.
+        rate : float
+            :math:`\beta > 0`, the rate at which a data token becomes the mask.
+        """
         n = _checks.positive_int(n_tokens, "n_tokens", 1)
         beta = _rate(rate)
         S = n + 1
@@ -222,6 +251,11 @@ class FactorizedCTMC:
         ``t`` is a number (result (S, S)) or a 1-D tensor (result (n, S, S)); negative times are allowed (the
         inverse kernel, used by :func:`tweedie`).  Closed form :math:`I + Q(1 - e^{-\beta t})/\beta` for the two
         named kernels, :func:`torch.linalg.matrix_exp` otherwise.
+
+        Parameters
+        ----------
+        t : float or torch.Tensor
+            A finite time, or a 1-D tensor of them.
         """
         t = torch.as_tensor(t, dtype=torch.float64)
         if t.ndim > 1 or not torch.all(torch.isfinite(t)):
@@ -232,7 +266,13 @@ class FactorizedCTMC:
         return torch.eye(self.S, dtype=torch.float64) + c[..., None, None] * self.Q
 
     def transition_expm(self, t: float) -> np.ndarray:
-        """:math:`e^{tQ}` by :func:`scipy.linalg.expm` (the reference for the closed forms)."""
+        """:math:`e^{tQ}` by :func:`scipy.linalg.expm` (the reference for the closed forms).
+
+        Parameters
+        ----------
+        t : float
+            The time.
+        """
         return scipy.linalg.expm(float(t) * self.Q.numpy())
 
     def prior(self) -> torch.Tensor:
@@ -254,6 +294,16 @@ class FactorizedCTMC:
         masked position is exactly :math:`\beta e^{-\beta t}/(1 - e^{-\beta t})`.  Both decrease in t and grow like
         :math:`1/t` as :math:`t \to 0`, which is what makes the number of uniformisation events logarithmic in
         the early-stopping time :cite:p:`chen2024convergence`.
+
+        Parameters
+        ----------
+        t : float or torch.Tensor
+            A time > 0, or a 1-D tensor of them.
+
+        Raises
+        ------
+        ValueError
+            For a kernel other than the uniform and absorbing ones (no closed form).
         """
         t = _positive_times(t)
         e = torch.exp(-self.rate * t) if self.rate is not None else None
@@ -280,20 +330,42 @@ class FactorizedCTMC:
         return torch.cartesian_prod(*[torch.arange(self.n_data)] * self.L).reshape(-1, self.L)
 
     def index(self, x) -> torch.Tensor:
-        """The position of each row of ``x`` in :meth:`states` (base-S number), shape (n,)."""
+        """The position of each row of ``x`` in :meth:`states` (base-S number), shape (n,).
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Integer tokens, shape (n, L).
+        """
         x = self.check_tokens(x)
         powers = self.S ** torch.arange(self.L - 1, -1, -1)
         return (x * powers).sum(1)
 
     def embed(self, p_data) -> torch.Tensor:
-        """A law on :meth:`data_states` (shape (n_data^L,)) as a law on :meth:`states` (zero on masked ones)."""
+        """A law on :meth:`data_states` (shape (n_data^L,)) as a law on :meth:`states` (zero on masked ones).
+
+        Parameters
+        ----------
+        p_data : array_like
+            A probability vector on :meth:`data_states`, shape (n_data^L,).
+        """
         p = _law(p_data, self.n_data ** self.L, "p_data")
         out = torch.zeros(self.S ** self.L, dtype=torch.float64)
         out[self.index(self.data_states())] = p
         return out
 
     def check_tokens(self, x, name: str = "x", *, data: bool = False) -> torch.Tensor:
-        """Check that ``x`` is an integer tensor (n, L) of tokens in the vocabulary; return it as long."""
+        """Check that ``x`` is an integer tensor (n, L) of tokens in the vocabulary; return it as long.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            The tokens, shape (n, L).
+        name : str
+            The argument's name, for the messages.
+        data : bool
+            Whether only data tokens are allowed (the mask of the absorbing kernel is then refused).
+        """
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"{name} must be a torch tensor of tokens, shape (n, {self.L}), got {type(x).__name__}")
         if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
@@ -323,6 +395,13 @@ class FactorizedCTMC:
         r"""The exact law :math:`p_t = (e^{tQ})^{\otimes L} p_0` on :meth:`states`, shape (S^L,).
 
         ``p0`` is a law on :meth:`states` (use :meth:`embed` for a law on the data sequences).
+
+        Parameters
+        ----------
+        p0 : array_like
+            A probability vector on :meth:`states`, shape (S^L,).
+        t : float
+            One time > 0.
         """
         p = _law(p0, self.S ** self.L, "p0").reshape([self.S] * self.L)
         K = self.transition(float(_positive_times(t)))
@@ -331,26 +410,51 @@ class FactorizedCTMC:
         return p.reshape(-1)
 
     def perturb(self, x0, t, generator=None) -> torch.Tensor:
-        """Draw :math:`x_t \\sim P(\\cdot \\mid x_0)` position by position (one time per row or one for all)."""
+        """Draw :math:`x_t \\sim P(\\cdot \\mid x_0)` position by position (one time per row or one for all).
+
+        Parameters
+        ----------
+        x0 : torch.Tensor
+            Integer tokens at time 0, shape (n, L).
+        t : float or torch.Tensor
+            One time > 0, or one per row (n,).
+        generator : None, int, torch.Generator or numpy.random.Generator
+            Source of the draws.
+        """
         x0 = self.check_tokens(x0, "x0")
         n = x0.shape[0]
-        t = _positive_times(t)
-        t = t.expand(n) if t.ndim == 0 else t
-        if t.shape != (n,):
-            raise ValueError(f"t must be a number or one time per row (shape ({n},)), got shape {tuple(t.shape)}")
+        t = _row_times(t, n)
         K = self.transition(t)  # (n, S, S)
         probs = torch.gather(K, 2, x0[:, None, :].expand(n, self.S, self.L))  # (n, S, L): column x0^l
         return _categorical(probs.transpose(1, 2), _checks.generator(generator))
 
     def sample_law(self, p, n: int, generator=None) -> torch.Tensor:
-        """Draw ``n`` sequences from a law ``p`` on :meth:`states`, shape (n, L)."""
+        """Draw ``n`` sequences from a law ``p`` on :meth:`states`, shape (n, L).
+
+        Parameters
+        ----------
+        p : array_like
+            A probability vector on :meth:`states`, shape (S^L,).
+        n : int
+            Number of draws, at least 1.
+        generator : None, int, torch.Generator or numpy.random.Generator
+            Source of the draws.
+        """
         p = _law(p, self.S ** self.L, "p")
         n = _checks.positive_int(n, "n")
         idx = torch.multinomial(p, n, replacement=True, generator=_checks.generator(generator))
         return self.states()[idx]
 
     def sample_prior(self, n: int, generator=None) -> torch.Tensor:
-        """Draw ``n`` sequences from the stationary law (uniform tokens, or all masks)."""
+        """Draw ``n`` sequences from the stationary law (uniform tokens, or all masks), shape (n, L).
+
+        Parameters
+        ----------
+        n : int
+            Number of draws, at least 1.
+        generator : None, int, torch.Generator or numpy.random.Generator
+            Source of the draws.
+        """
         n = _checks.positive_int(n, "n")
         probs = self.prior().expand(n, self.L, self.S)
         return _categorical(probs, _checks.generator(generator))
@@ -360,6 +464,11 @@ class FactorizedCTMC:
 
         The formula of the review, Section 7.3, on the whole state space (a brute-force reference); the diagonal
         makes the columns sum to zero.
+
+        Parameters
+        ----------
+        p : array_like
+            A probability vector on :meth:`states`, shape (S^L,), positive on every state.
         """
         p = _law(p, self.S ** self.L, "p")
         if torch.any(p <= 0):
@@ -418,12 +527,12 @@ class ExactRatios:
         The forward chain.
     p_data : array_like
         The data law on ``process.data_states()`` (shape (n_data^L,)).
+    chunk : int
+        Rows per batch when the rows have different times (bounds the memory of the contraction).
     """
 
     def __init__(self, process: FactorizedCTMC, p_data, chunk: int = 4096):
-        if not isinstance(process, FactorizedCTMC):
-            raise TypeError(f"process must be a FactorizedCTMC, got {type(process).__name__}")
-        self.process = process
+        self.process = _check_process(process)
         self.p_data = _law(p_data, process.n_data ** process.L, "p_data")
         self.p0 = process.embed(self.p_data)
         self._x0 = process.data_states()
@@ -432,17 +541,20 @@ class ExactRatios:
         self.chunk = int(chunk)
 
     def law(self, t) -> torch.Tensor:
-        """The exact marginal :math:`p_t` on ``process.states()``."""
+        """The exact marginal :math:`p_t` on ``process.states()``, shape (S^L,).
+
+        Parameters
+        ----------
+        t : float
+            One time > 0.
+        """
         return self.process.marginal(self.p0, t)
 
     def __call__(self, x, t) -> torch.Tensor:
         pr = self.process
         x = pr.check_tokens(x)
         n = x.shape[0]
-        t = _positive_times(t)
-        t = t.expand(n) if t.ndim == 0 else t.reshape(-1)
-        if t.shape != (n,):
-            raise ValueError(f"t must be a number or one time per row (shape ({n},)), got shape {tuple(t.shape)}")
+        t = _row_times(t, n)
         if n > 0 and pr._enumerable and bool(torch.all(t == t[0])):
             return self._table_ratios(x, float(t[0]))
         out = torch.empty(n, pr.L, pr.S, dtype=torch.float64)
@@ -483,12 +595,19 @@ class ExactRatios:
         return ratio.scatter(2, x[:, :, None], 1.0)
 
     def denoiser(self, x, t) -> torch.Tensor:
-        r"""The exact posterior :math:`P(x_0^l = c \mid x_t = x)` of every position, shape (n, L, n_data)."""
+        r"""The exact posterior :math:`P(x_0^l = c \mid x_t = x)` of every position, shape (n, L, n_data).
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Integer tokens at time t, shape (n, L).
+        t : float or torch.Tensor
+            One time > 0, or one per row (n,).
+        """
         pr = self.process
         x = pr.check_tokens(x)
         n = x.shape[0]
-        t = _positive_times(t)
-        t = t.expand(n) if t.ndim == 0 else t.reshape(-1)
+        t = _row_times(t, n)
         K = pr.transition(t)
         rows = torch.gather(K, 1, x[:, :, None].expand(n, pr.L, pr.S))
         w = rows[:, torch.arange(pr.L)[:, None], self._x0.T].prod(1) * self.p_data  # (n, M)
@@ -528,10 +647,7 @@ class ProductRatios:
         pr = self.process
         x = pr.check_tokens(x)
         n = x.shape[0]
-        t = _positive_times(t)
-        t = t.expand(n) if t.ndim == 0 else t.reshape(-1)
-        if t.shape != (n,):
-            raise ValueError(f"t must be a number or one time per row (shape ({n},)), got shape {tuple(t.shape)}")
+        t = _row_times(t, n)
         m = torch.einsum("kac,lc->kla", pr.transition(t), self.q)  # (n, L, S): [K_t q_l]_a
         den = m.gather(2, x[:, :, None])
         return torch.where(den > 0, m / torch.where(den > 0, den, 1.0), 0.0).scatter(2, x[:, :, None], 1.0)
@@ -539,7 +655,19 @@ class ProductRatios:
 
 # -- reverse rates and samplers ---------------------------------------------------------------------------------
 def time_grid(T: float, t0: float, n_steps: int, spacing: str = "log") -> torch.Tensor:
-    """A decreasing grid of ``n_steps + 1`` times from T to the early-stopping time t0 (``"uniform"`` or ``"log"``)."""
+    """A decreasing grid of ``n_steps + 1`` times from T to the early-stopping time t0 (``"uniform"`` or ``"log"``).
+
+    Parameters
+    ----------
+    T : float
+        The first time (finite).
+    t0 : float
+        The early-stopping time, 0 < t0 < T.
+    n_steps : int
+        Number of steps, at least 1.
+    spacing : {"log", "uniform"}
+        Uniform in :math:`\\log t` (dense near t0, the default) or in t.
+    """
     T, t0 = float(T), float(t0)
     if not (math.isfinite(T) and 0 < t0 < T):
         raise ValueError(f"need 0 < t0 < T (finite), got t0 = {t0:g}, T = {T:g}")
@@ -571,6 +699,17 @@ def reverse_rates(ratio, x, t, process: FactorizedCTMC) -> torch.Tensor:
 
     Entry :math:`[k, l, a]` is the rate at which the reverse chain in state ``x[k]`` moves position l to token a
     (0 for :math:`a = x^l`).  ``ratio`` is a ratio function (module docstring).
+
+    Parameters
+    ----------
+    ratio : callable
+        The ratio function ``ratio(x, t) -> (n, L, S)``.
+    x : torch.Tensor
+        Integer tokens, shape (n, L).
+    t : float or torch.Tensor
+        The time, passed to ``ratio`` as given (a number or one time per row).
+    process : FactorizedCTMC
+        The forward chain.
     """
     x = process.check_tokens(x)
     r = _call_ratio(ratio, x, t, process)
@@ -592,6 +731,19 @@ def step_probabilities(method: str, ratio, x, t: float, t_next: float, process: 
     * ``"tweedie"``: the analytic step of SEDD :cite:p:`lou2024discrete`,
       :math:`P(b) \propto [e^{-hQ} r]_b\,[e^{hQ}]_{x^l b}` (negative entries of the first factor set to 0),
       exact for one position with exact ratios.
+
+    Parameters
+    ----------
+    method : {"euler", "tau", "tweedie"}
+        The step rule above.
+    ratio : callable
+        The ratio function ``ratio(x, t) -> (n, L, S)``.
+    x : torch.Tensor
+        Integer tokens at time t, shape (n, L).
+    t, t_next : float
+        The step's times, t > t_next (the ratios are evaluated at t).
+    process : FactorizedCTMC
+        The forward chain.
     """
     h = float(t) - float(t_next)
     if not h > 0:
@@ -646,31 +798,78 @@ def _check_process(process):
     return process
 
 
+class _Chain:
+    """What every sampler of this module shares: the checked ratio, process, grid and generator, the start, the
+    trajectory and the jump counts (the discrete counterpart of the samplers' loop of :mod:`diffnotes.samplers`;
+    tokens, not Gaussian states, so a loop of its own)."""
+
+    def __init__(self, ratio, x, times, process, generator, return_trajectory: bool):
+        if not callable(ratio):
+            raise TypeError("ratio must be a callable ratio(x, t) returning (n, L, S) ratios")
+        self.process = _check_process(process)
+        self.times = _check_times(times)
+        self.gen = _checks.generator(generator)
+        self.x = _start(x, self.process, self.gen)
+        self.trajectory = [self.x.clone()] if return_trajectory else None
+        self.jumps = torch.zeros(self.x.shape[0], dtype=torch.long)
+
+    def record(self, x: torch.Tensor) -> None:
+        """Make ``x`` the state at the next grid time (kept in the trajectory when one is returned)."""
+        self.x = x
+        if self.trajectory is not None:
+            self.trajectory.append(x.clone())
+
+    def result(self):
+        """The final state, or (final, trajectory)."""
+        return self.x if self.trajectory is None else (self.x, torch.stack(self.trajectory))
+
+
+#: The arguments of every sampler of this module, added to the docstrings of :func:`euler`, :func:`tau_leaping` and
+#: :func:`tweedie` by :func:`_stepper`.
+_SAMPLER_PARAMETERS = """
+Parameters
+----------
+ratio : callable
+    The ratio function ``ratio(x, t) -> (n, L, S)`` (module docstring), e.g. :class:`ExactRatios` or
+    :meth:`RatioNet.ratio`; called with one time for all rows.
+x : torch.Tensor or tuple of int
+    The start: integer tokens (n, L) (copied), or a shape (n, L) to draw the start from the stationary law of
+    ``process`` with ``generator``.
+times : array_like
+    The grid, strictly decreasing from T to the early-stopping time > 0 (:func:`time_grid`); one step per interval.
+process : FactorizedCTMC
+    The forward chain.
+generator : None, int, torch.Generator or numpy.random.Generator
+    Source of the start (for a shape) and of every draw.
+return_trajectory : bool
+    Also return the states at the grid times, shape (N + 1, n, L).
+stats : dict, optional
+    Receives ``ratio_calls`` (one per step) and ``jumps`` (token changes per chain, (n,)).
+
+Returns
+-------
+torch.Tensor or (torch.Tensor, torch.Tensor)
+    The tokens at the last grid time (n, L); with ``return_trajectory``, also the trajectory.
+"""
+
+
 def _stepper(method: str, doc: str):
     def sampler(ratio: Ratio, x, times, *, process: FactorizedCTMC, generator=None, return_trajectory=False,
                 stats: dict | None = None):
-        if not callable(ratio):
-            raise TypeError("ratio must be a callable ratio(x, t) returning (n, L, S) ratios")
-        process = _check_process(process)
-        times = _check_times(times)
-        gen = _checks.generator(generator)
-        x = _start(x, process, gen)
-        trajectory = [x.clone()] if return_trajectory else None
-        jumps = torch.zeros(x.shape[0], dtype=torch.long)
+        run = _Chain(ratio, x, times, process, generator, return_trajectory)
+        times = run.times
         with torch.no_grad():
             for k in range(times.numel() - 1):
-                probs = step_probabilities(method, ratio, x, float(times[k]), float(times[k + 1]), process)
-                new = _categorical(probs, gen)
-                jumps += (new != x).sum(1)
-                x = new
-                if trajectory is not None:
-                    trajectory.append(x.clone())
+                probs = step_probabilities(method, ratio, run.x, float(times[k]), float(times[k + 1]), run.process)
+                new = _categorical(probs, run.gen)
+                run.jumps += (new != run.x).sum(1)
+                run.record(new)
         if stats is not None:
-            stats.update(ratio_calls=times.numel() - 1, jumps=jumps)
-        return x if trajectory is None else (x, torch.stack(trajectory))
+            stats.update(ratio_calls=times.numel() - 1, jumps=run.jumps)
+        return run.result()
 
     sampler.__name__ = sampler.__qualname__ = {"euler": "euler", "tau": "tau_leaping", "tweedie": "tweedie"}[method]
-    sampler.__doc__ = doc
+    sampler.__doc__ = doc + _SAMPLER_PARAMETERS
     return sampler
 
 
@@ -715,7 +914,8 @@ def uniformization(ratio: Ratio, x, times, *, process: FactorizedCTMC, generator
     Parameters
     ----------
     ratio, x, times, process, generator, return_trajectory
-        As for every sampler (module docstring); the trajectory holds the states at the grid times.
+        As in :func:`euler` (the ratio is called with one time per row, the chains' event times); the
+        trajectory holds the states at the grid times.
     stats : dict, optional
         Receives ``events`` (Poisson events per chain, the ratio evaluations one chain needs), ``jumps`` (token
         changes per chain), ``expected_events`` (:math:`\sum_k\lambda_k h_k`) and ``ratio_calls`` (batched calls).
@@ -723,17 +923,11 @@ def uniformization(ratio: Ratio, x, times, *, process: FactorizedCTMC, generator
         ``rate_bound(t)`` bounds the exit rate of one position at time t (default: the kernel's closed form).  An
         exit rate above :math:`\lambda` (e.g. learned ratios that exceed the bound) raises ``ValueError``.
     """
-    if not callable(ratio):
-        raise TypeError("ratio must be a callable ratio(x, t) returning (n, L, S) ratios")
-    process = _check_process(process)
-    times = _check_times(times)
-    gen = _checks.generator(generator)
-    x = _start(x, process, gen)
+    run = _Chain(ratio, x, times, process, generator, return_trajectory)
+    process, times, gen, x, jumps = run.process, run.times, run.gen, run.x, run.jumps
     n = x.shape[0]
     bound = process.exit_bound if rate_bound is None else rate_bound
-    trajectory = [x.clone()] if return_trajectory else None
     events = torch.zeros(n, dtype=torch.long)
-    jumps = torch.zeros(n, dtype=torch.long)
     expected, calls = 0.0, 0
     with torch.no_grad():
         for k in range(times.numel() - 1):
@@ -747,8 +941,7 @@ def uniformization(ratio: Ratio, x, times, *, process: FactorizedCTMC, generator
             events += count
             m = int(count.max()) if n else 0
             if m == 0:
-                if trajectory is not None:
-                    trajectory.append(x.clone())
+                run.record(x)
                 continue
             when = t_lo + h * torch.rand(n, m, generator=gen, dtype=torch.float64)
             # a chain's own count of uniform times, in decreasing order (unused slots sorted to the end)
@@ -770,11 +963,10 @@ def uniformization(ratio: Ratio, x, times, *, process: FactorizedCTMC, generator
                 rows = active[moved]
                 x[rows, pos] = tok
                 jumps[rows] += 1
-            if trajectory is not None:
-                trajectory.append(x.clone())
+            run.record(x)  # x moves in place: the state at the grid time t_lo
     if stats is not None:
         stats.update(events=events, jumps=jumps, expected_events=expected, ratio_calls=calls)
-    return x if trajectory is None else (x, torch.stack(trajectory))
+    return run.result()
 
 
 DISCRETE_SAMPLERS = {"euler": euler, "tau_leaping": tau_leaping, "tweedie": tweedie,
@@ -783,7 +975,19 @@ DISCRETE_SAMPLERS = {"euler": euler, "tau_leaping": tau_leaping, "tweedie": twee
 
 # -- exact laws of the step methods and distances -------------------------------------------------------------------
 def step_matrix(method: str, ratio, process: FactorizedCTMC, t: float, t_next: float) -> torch.Tensor:
-    """The exact transition matrix of one step on all :math:`S^L` states ([y, x]: probability of y from x)."""
+    """The exact transition matrix of one step on all :math:`S^L` states ([y, x]: probability of y from x).
+
+    Parameters
+    ----------
+    method : {"euler", "tau", "tweedie"}
+        The step rule (:func:`step_probabilities`).
+    ratio : callable
+        The ratio function ``ratio(x, t) -> (n, L, S)``.
+    process : FactorizedCTMC
+        The forward chain (small enough to enumerate its states).
+    t, t_next : float
+        The step's times, t > t_next.
+    """
     states = process.states()
     probs = step_probabilities(method, ratio, states, t, t_next, process)  # (M, L, S)
     L = process.L
@@ -797,6 +1001,19 @@ def output_law(method: str, ratio, process: FactorizedCTMC, times, start) -> tor
     :func:`tweedie` (``"tweedie"``) started from the law ``start`` on ``process.states()``, shape (S^L,).
 
     The product of the one-step matrices (:func:`step_matrix`): the discretisation error without Monte Carlo error.
+
+    Parameters
+    ----------
+    method : {"euler", "tau", "tweedie"}
+        The step rule.
+    ratio : callable
+        The ratio function ``ratio(x, t) -> (n, L, S)``.
+    process : FactorizedCTMC
+        The forward chain (small enough to enumerate its states).
+    times : array_like
+        The sampler's grid, strictly decreasing, > 0.
+    start : array_like
+        The law of the start on ``process.states()``, shape (S^L,) (e.g. ``process.marginal(p0, T)``).
     """
     process = _check_process(process)
     times = _check_times(times)
@@ -807,13 +1024,27 @@ def output_law(method: str, ratio, process: FactorizedCTMC, times, start) -> tor
 
 
 def empirical_law(x, process: FactorizedCTMC) -> torch.Tensor:
-    """The empirical law of the rows of ``x`` on ``process.states()``, shape (S^L,)."""
+    """The empirical law of the rows of ``x`` on ``process.states()``, shape (S^L,).
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        Integer tokens, shape (n, L).
+    process : FactorizedCTMC
+        The forward chain (gives the states).
+    """
     idx = process.index(x)
     return torch.bincount(idx, minlength=process.S ** process.L).double() / idx.numel()
 
 
 def tv(p, q) -> float:
-    """Total variation distance :math:`\\tfrac12\\sum|p - q|` between two laws on the same states."""
+    """Total variation distance :math:`\\tfrac12\\sum|p - q|` between two laws on the same states.
+
+    Parameters
+    ----------
+    p, q : array_like
+        The two laws, of the same shape.
+    """
     p, q = torch.as_tensor(p, dtype=torch.float64), torch.as_tensor(q, dtype=torch.float64)
     if p.shape != q.shape:
         raise ValueError(f"the two laws must have the same shape, got {tuple(p.shape)} and {tuple(q.shape)}")
@@ -825,6 +1056,13 @@ def expected_tv_floor(p, n: int) -> float:
 
     :math:`\tfrac1{2n}\sum_i \mathbb E|N_i - np_i|` with :math:`N_i \sim \mathrm{Bin}(n, p_i)` (exact sum over the
     binomial law).
+
+    Parameters
+    ----------
+    p : array_like
+        The law.
+    n : int
+        The number of draws, at least 1.
     """
     import scipy.stats
 
@@ -842,6 +1080,17 @@ def chi_square_pvalue(x, law, process: FactorizedCTMC, min_expected: float = 5.0
 
     Cells with an expected count below ``min_expected`` are pooled into one (the usual validity rule);
     :func:`scipy.stats.chisquare` does the rest.  A sample that really has the law gives a p-value uniform on (0, 1).
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        The sample, integer tokens (n, L).
+    law : array_like
+        The law on ``process.states()``, shape (S^L,).
+    process : FactorizedCTMC
+        The forward chain (gives the states).
+    min_expected : float
+        Cells expected to hold fewer draws are pooled.
     """
     import scipy.stats
 
@@ -866,12 +1115,22 @@ def denoising_targets(x0, xt, t, process: FactorizedCTMC) -> tuple[torch.Tensor,
     :math:`x_t` is the true ratio :math:`p_t(x_t^{l\leftarrow a})/p_t(x_t)`; weight :math:`w_{l,a} =
     [Q]_{x_t^l a}` (the forward rate from a into :math:`x_t^l`, 0 at :math:`a = x_t^l`): only the ratios that enter
     the reverse rates are learned :cite:p:`lou2024discrete`.
+
+    Parameters
+    ----------
+    x0 : torch.Tensor
+        Clean data tokens, shape (n, L).
+    xt : torch.Tensor
+        Their noised tokens at time t (e.g. :meth:`FactorizedCTMC.perturb`), shape (n, L).
+    t : float or torch.Tensor
+        One time > 0, or one per row (n,).
+    process : FactorizedCTMC
+        The forward chain.
     """
     x0 = process.check_tokens(x0, "x0", data=True)
     xt = process.check_tokens(xt, "xt")
     n = x0.shape[0]
-    t = _positive_times(t)
-    t = t.expand(n) if t.ndim == 0 else t
+    t = _row_times(t, n)
     K = process.transition(t)  # (n, S, S)
     cols = torch.gather(K, 2, x0[:, None, :].expand(n, process.S, process.L)).transpose(1, 2)  # K(. | x0^l)
     target = cols / cols.gather(2, xt[:, :, None])
@@ -886,6 +1145,15 @@ def score_entropy(log_s, target, weight) -> torch.Tensor:
     Each term is a Bregman divergence of :math:`-\log`-type between s and r: non-negative, zero exactly at
     :math:`s = r`; with the denoising targets (:func:`denoising_targets`) its expectation differs from the
     expectation with the true ratios by a constant, so it is minimised by the true ratios.
+
+    Parameters
+    ----------
+    log_s : torch.Tensor
+        The model's log-ratios :math:`\log s`, shape (n, L, S).
+    target : torch.Tensor
+        The targets r (>= 0), shape (n, L, S).
+    weight : torch.Tensor
+        The weights w, shape (n, L, S).
     """
     s = torch.exp(log_s)
     return (weight * (s - target * log_s + torch.special.xlogy(target, target) - target)).sum((1, 2))
@@ -921,6 +1189,20 @@ def concrete_score_matching_loss(log_ratio, x0, process: FactorizedCTMC, *, t_mi
     :math:`t \sim U(t_{\min}, T)`, targets and weights from :func:`denoising_targets`, :math:`s_\theta =
     \exp(\text{log\_ratio})`.  By the tower property it equals :math:`\mathbb E\sum w\,(s_\theta - r_t)^2` plus a
     constant: minimised by the true ratios, but dominated by the largest ones.
+
+    Parameters
+    ----------
+    log_ratio : callable
+        ``log_ratio(x, t) -> (n, L, S)``, the model's log-ratios (a :class:`RatioNet` with
+        ``output="log_ratio"``).
+    x0 : torch.Tensor
+        A batch of clean data tokens, shape (n, L).
+    process : FactorizedCTMC
+        The forward chain.
+    t_min, T : float
+        The times are drawn uniformly on (t_min, T), 0 < t_min < T.
+    generator : None, int, torch.Generator or numpy.random.Generator
+        Source of the times and of the forward noise.
     """
     process, x0, xt, t = _prepare(x0, process, t_min, T, generator)
     log_s = _check_model_output(log_ratio(xt, t), (x0.shape[0], process.L, process.S), "log_ratio(x, t)")
@@ -931,7 +1213,22 @@ def concrete_score_matching_loss(log_ratio, x0, process: FactorizedCTMC, *, t_mi
 def score_entropy_loss(log_ratio, x0, process: FactorizedCTMC, *, t_min: float, T: float,
                        generator=None) -> torch.Tensor:
     r"""Denoising score entropy of SEDD :cite:p:`lou2024discrete` for a batch: the mean of :func:`score_entropy`
-    with the denoising targets, :math:`t \sim U(t_{\min}, T)`."""
+    with the denoising targets, :math:`t \sim U(t_{\min}, T)`.
+
+    Parameters
+    ----------
+    log_ratio : callable
+        ``log_ratio(x, t) -> (n, L, S)``, the model's log-ratios (a :class:`RatioNet` with
+        ``output="log_ratio"``).
+    x0 : torch.Tensor
+        A batch of clean data tokens, shape (n, L).
+    process : FactorizedCTMC
+        The forward chain.
+    t_min, T : float
+        The times are drawn uniformly on (t_min, T), 0 < t_min < T.
+    generator : None, int, torch.Generator or numpy.random.Generator
+        Source of the times and of the forward noise.
+    """
     process, x0, xt, t = _prepare(x0, process, t_min, T, generator)
     log_s = _check_model_output(log_ratio(xt, t), (x0.shape[0], process.L, process.S), "log_ratio(x, t)")
     target, weight = denoising_targets(x0, xt, t, process)
@@ -951,6 +1248,20 @@ def masked_diffusion_loss(denoiser_logits, x0, process: FactorizedCTMC, *, t_min
     :math:`\mu_\theta` the softmax of ``denoiser_logits(x_t, t)`` (n, L, n_data), the network's guess of the clean
     token.  The ratios follow from it: :math:`r_{l,a} = \frac{\alpha_t}{1-\alpha_t}\mu_\theta(x_t, t)_{l,a}` at a
     masked position (:class:`RatioNet` with ``output="denoiser"``).
+
+    Parameters
+    ----------
+    denoiser_logits : callable
+        ``denoiser_logits(x, t) -> (n, L, n_data)``, the logits of the clean token (a :class:`RatioNet`
+        with ``output="denoiser"``).
+    x0 : torch.Tensor
+        A batch of clean data tokens, shape (n, L).
+    process : FactorizedCTMC
+        The forward chain.
+    t_min, T : float
+        The times are drawn uniformly on (t_min, T), 0 < t_min < T.
+    generator : None, int, torch.Generator or numpy.random.Generator
+        Source of the times and of the forward noise.
     """
     if _check_process(process).kind != "absorbing":
         raise ValueError("the masked-diffusion loss needs the absorbing kernel")
@@ -1019,8 +1330,7 @@ class RatioNet(nn.Module):
         pr = self.process
         x = pr.check_tokens(x)
         n = x.shape[0]
-        t = _positive_times(t)
-        t = t.expand(n) if t.ndim == 0 else t.reshape(-1)
+        t = _row_times(t, n)
         dtype = self.net[0].weight.dtype
         e = torch.exp(-pr.rate * t)
         feats = torch.stack([e, torch.log(-torch.expm1(-pr.rate * t))], 1)
@@ -1028,7 +1338,15 @@ class RatioNet(nn.Module):
         return x, t, torch.cat([onehot.to(dtype), feats.to(dtype)], 1)
 
     def forward(self, x, t) -> torch.Tensor:
-        """Log-ratios (n, L, S) or denoiser logits (n, L, n_data), by ``output``."""
+        """Log-ratios (n, L, S) or denoiser logits (n, L, n_data), by ``output``.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Integer tokens, shape (n, L).
+        t : float or torch.Tensor
+            One time > 0, or one per row (n,).
+        """
         pr = self.process
         x, t, z = self._features(x, t)
         out = self.net(z)
@@ -1041,15 +1359,22 @@ class RatioNet(nn.Module):
 
     def ratio(self, x, t) -> torch.Tensor:
         """The ratio protocol (n, L, S), float64; for a denoiser :math:`r = \\frac{\\alpha}{1-\\alpha}\\mu_\\theta`
-        at masked positions, 0 elsewhere (those ratios never enter the reverse rates)."""
+        at masked positions, 0 elsewhere (those ratios never enter the reverse rates).
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Integer tokens, shape (n, L).
+        t : float or torch.Tensor
+            One time > 0, or one per row (n,).
+        """
         pr = self.process
         with torch.no_grad():
             out = self.forward(x, t).to(torch.float64)
             x = x.long()
             if self.output == "log_ratio":
                 return torch.exp(out)
-            t = _positive_times(t)
-            t = t.expand(x.shape[0]) if t.ndim == 0 else t.reshape(-1)
+            t = _row_times(t, x.shape[0])
             odds = torch.exp(-pr.rate * t) / -torch.expm1(-pr.rate * t)
             mu = torch.softmax(out, 2) * odds[:, None, None]
             r = torch.zeros(x.shape[0], pr.L, pr.S, dtype=torch.float64)
@@ -1064,6 +1389,27 @@ def fit_ratios(model: RatioNet, loss: str, data, *, steps: int, batch_size: int 
     Each step draws a batch of data sequences (with replacement), times :math:`t \\sim U(t_{\\min}, T)` and the
     forward noise from ``generator``; the learning rate decays linearly to zero.  ``"mdlm"`` needs a denoiser
     network, the other two a log-ratio network.
+
+    Parameters
+    ----------
+    model : RatioNet
+        The network, trained in place.
+    loss : {"csm", "score_entropy", "mdlm"}
+        :func:`concrete_score_matching_loss`, :func:`score_entropy_loss` or :func:`masked_diffusion_loss`.
+    data : torch.Tensor
+        The training sequences, data tokens (N, L).
+    steps : int
+        Number of Adam steps, at least 1.
+    batch_size : int
+        Sequences per step, at least 1.
+    lr : float
+        Adam's initial learning rate.
+    t_min, T : float
+        The range of the loss's times (as in the losses).
+    generator : None, int, torch.Generator or numpy.random.Generator
+        Source of the batches, the times and the forward noise.
+    progress : bool
+        Show a progress bar.
     """
     if not isinstance(model, RatioNet):
         raise TypeError(f"model must be a RatioNet, got {type(model).__name__}")
