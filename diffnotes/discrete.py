@@ -1181,6 +1181,14 @@ def _check_model_output(out, shape, name):
     return out
 
 
+def _ratio_loss_terms(log_ratio, x0, process, t_min, T, generator):
+    """The model's log-ratios at a batch's noised points and the denoising targets and weights, (n, L, S) each."""
+    process, x0, xt, t = _prepare(x0, process, t_min, T, generator)
+    log_s = _check_model_output(log_ratio(xt, t), (x0.shape[0], process.L, process.S), "log_ratio(x, t)")
+    target, weight = denoising_targets(x0, xt, t, process)
+    return log_s, target.to(log_s), weight.to(log_s)
+
+
 def concrete_score_matching_loss(log_ratio, x0, process: FactorizedCTMC, *, t_min: float, T: float,
                                  generator=None) -> torch.Tensor:
     r"""Denoising concrete score matching, the quadratic loss of :cite:t:`meng2022concrete`, for a batch.
@@ -1204,10 +1212,8 @@ def concrete_score_matching_loss(log_ratio, x0, process: FactorizedCTMC, *, t_mi
     generator : None, int, torch.Generator or numpy.random.Generator
         Source of the times and of the forward noise.
     """
-    process, x0, xt, t = _prepare(x0, process, t_min, T, generator)
-    log_s = _check_model_output(log_ratio(xt, t), (x0.shape[0], process.L, process.S), "log_ratio(x, t)")
-    target, weight = denoising_targets(x0, xt, t, process)
-    return (weight.to(log_s) * (torch.exp(log_s) - target.to(log_s)) ** 2).sum((1, 2)).mean()
+    log_s, target, weight = _ratio_loss_terms(log_ratio, x0, process, t_min, T, generator)
+    return (weight * (torch.exp(log_s) - target) ** 2).sum((1, 2)).mean()
 
 
 def score_entropy_loss(log_ratio, x0, process: FactorizedCTMC, *, t_min: float, T: float,
@@ -1217,22 +1223,11 @@ def score_entropy_loss(log_ratio, x0, process: FactorizedCTMC, *, t_min: float, 
 
     Parameters
     ----------
-    log_ratio : callable
-        ``log_ratio(x, t) -> (n, L, S)``, the model's log-ratios (a :class:`RatioNet` with
-        ``output="log_ratio"``).
-    x0 : torch.Tensor
-        A batch of clean data tokens, shape (n, L).
-    process : FactorizedCTMC
-        The forward chain.
-    t_min, T : float
-        The times are drawn uniformly on (t_min, T), 0 < t_min < T.
-    generator : None, int, torch.Generator or numpy.random.Generator
-        Source of the times and of the forward noise.
+    log_ratio, x0, process, t_min, T, generator
+        As in :func:`concrete_score_matching_loss`.
     """
-    process, x0, xt, t = _prepare(x0, process, t_min, T, generator)
-    log_s = _check_model_output(log_ratio(xt, t), (x0.shape[0], process.L, process.S), "log_ratio(x, t)")
-    target, weight = denoising_targets(x0, xt, t, process)
-    return score_entropy(log_s, target.to(log_s), weight.to(log_s)).mean()
+    log_s, target, weight = _ratio_loss_terms(log_ratio, x0, process, t_min, T, generator)
+    return score_entropy(log_s, target, weight).mean()
 
 
 def masked_diffusion_loss(denoiser_logits, x0, process: FactorizedCTMC, *, t_min: float, T: float,
@@ -1254,14 +1249,8 @@ def masked_diffusion_loss(denoiser_logits, x0, process: FactorizedCTMC, *, t_min
     denoiser_logits : callable
         ``denoiser_logits(x, t) -> (n, L, n_data)``, the logits of the clean token (a :class:`RatioNet`
         with ``output="denoiser"``).
-    x0 : torch.Tensor
-        A batch of clean data tokens, shape (n, L).
-    process : FactorizedCTMC
-        The forward chain.
-    t_min, T : float
-        The times are drawn uniformly on (t_min, T), 0 < t_min < T.
-    generator : None, int, torch.Generator or numpy.random.Generator
-        Source of the times and of the forward noise.
+    x0, process, t_min, T, generator
+        As in :func:`concrete_score_matching_loss` (the absorbing kernel only).
     """
     if _check_process(process).kind != "absorbing":
         raise ValueError("the masked-diffusion loss needs the absorbing kernel")
@@ -1363,10 +1352,8 @@ class RatioNet(nn.Module):
 
         Parameters
         ----------
-        x : torch.Tensor
-            Integer tokens, shape (n, L).
-        t : float or torch.Tensor
-            One time > 0, or one per row (n,).
+        x, t
+            As in :meth:`forward`.
         """
         pr = self.process
         with torch.no_grad():

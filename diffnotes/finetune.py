@@ -677,12 +677,8 @@ def chain_kl(score: Callable, reference: Callable, chain: Chain, *, sde: VPSDE |
         The trained score :math:`s_\theta(x, t)` (gradients flow through it).
     reference : callable
         The pretrained score :math:`s_{\rm ref}(x, t)` (evaluated without gradients).
-    chain : Chain
-        A recorded chain (:func:`sample_chain`) whose visited states are used.
-    sde : VPSDE, optional
-        Forward process (the chain's).
-    eta : float
-        DDIM stochasticity in (0, 1] (the chain's).
+    chain, sde, eta
+        As in :func:`chain_log_probs` (the KL is taken at the chain's visited states).
     """
     sde = _checks.sde_or_default(sde)
     x, t, coef, K, n = _stacked(chain, sde, eta)
