@@ -40,11 +40,21 @@ population loss is a two-dimensional Gaussian integral, computed here by Gauss-H
 * Small t (:math:`\alpha \to 1`): the step approaches the EM step :math:`\mathrm{EM}(\mu) - \mu`,
   :math:`\mathrm{EM}(\mu) = \mathbb E[X_0\tanh(\mu^\top X_0)]` (:func:`em_update`), the closer the better separated
   the components are (the terms that differ carry :math:`\tanh'` and vanish for large :math:`\|\mu^*\|`).
+
+**Finite samples.**  :cite:p:`shah2023learning` prove that gradient descent on the *empirical* DDPM objective, a
+phase at a large noise level and then one at a small noise level, from a random start, recovers :math:`\mu^*` (up
+to sign) to accuracy :math:`\epsilon` from a number of samples polynomial in :math:`d` and :math:`1/\epsilon`.
+:func:`learn_mixture` runs that algorithm to convergence on :func:`integrated_dsm_loss`, the empirical loss with its
+noise integrated out exactly.  The limit is an M-estimator whose error has the exact asymptotic constant
+:math:`n\,\mathbb E\|\hat\mu_t - \mu^*\|^2 \to {\rm tr}\,V_t` (:func:`dsm_asymptotic_covariance`), above the
+maximum-likelihood (EM fixed point) constant :math:`{\rm tr}\,I(\mu^*)^{-1}` (:func:`fisher_information`); errors
+are measured up to sign (:func:`error_up_to_sign`).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -64,6 +74,12 @@ __all__ = [
     "gradient_descent",
     "cosine",
     "step_alignment",
+    "error_up_to_sign",
+    "integrated_dsm_loss",
+    "MixtureFit",
+    "learn_mixture",
+    "fisher_information",
+    "dsm_asymptotic_covariance",
 ]
 
 
@@ -464,3 +480,382 @@ def step_alignment(mu, mu_star, t, *, sde: VPSDE | None = None, n_nodes: int = 1
     d_pow = power_direction(mu, S)
     d_em = em_update(mu, mu_star, n_nodes=n_nodes) - mu
     return {"power": cosine(g, d_pow), "em": cosine(g, d_em), "power_vs_em": cosine(d_pow, d_em)}
+
+
+# -- finite samples ---------------------------------------------------------------------------------------------------
+def error_up_to_sign(mu_hat, mu_star) -> float:
+    r"""The estimation error up to the unidentifiable sign, :math:`\min(\|\hat\mu - \mu^*\|, \|\hat\mu + \mu^*\|)`.
+
+    The mixture :math:`\tfrac12\mathsf N(\mu, I) + \tfrac12\mathsf N(-\mu, I)` is the same law for :math:`\pm\mu`.
+
+    Parameters
+    ----------
+    mu_hat : array_like or torch.Tensor
+        The estimate, a finite vector (d,).
+    mu_star : array_like or torch.Tensor
+        The true mean, a finite vector (d,).
+    """
+    mu_hat = _vector("mu_hat", mu_hat).detach().to(torch.float64)
+    mu_star = _vector("mu_star", mu_star, mu_hat.shape[0]).detach().to(torch.float64)
+    return float(torch.minimum(torch.linalg.vector_norm(mu_hat - mu_star), torch.linalg.vector_norm(mu_hat + mu_star)))
+
+
+def _dsm_terms(c: torch.Tensor, q: torch.Tensor, alpha, h, g: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    r"""The :math:`\mu`-dependent part of the noise-averaged DDPM loss of one point, elementwise in (c, q):
+    :math:`F(c, q) = \mathbb E_g[\alpha^2 q(2 - \tanh^2 a) - 2a\tanh a]`, :math:`a = \alpha^2 c + \alpha\sqrt{hq}\,g`,
+    with :math:`c = \mu^\top x_0`, :math:`q = \|\mu\|^2` and Gauss-Hermite nodes ``g``, weights ``w``."""
+    a = alpha**2 * c[..., None] + alpha * torch.sqrt(h * q)[..., None] * g
+    ta = torch.tanh(a)
+    return ((alpha**2 * q[..., None] * (2 - ta**2) - 2 * a * ta) * w).sum(-1)
+
+
+def _dsm_gradient(mu: torch.Tensor, x0: torch.Tensor, alpha, h, g: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    r"""The gradient of :func:`integrated_dsm_loss` in closed form (no autograd: the inner loop of
+    :func:`learn_mixture`): :math:`\frac1n\sum_i F_c(c_i, q)\,x_0^i + 2\,\overline{F_q}\,\mu` with, for the
+    integrand :math:`\phi = \alpha^2q(2 - T^2) - 2aT`, :math:`T = \tanh a`, :math:`T' = 1 - T^2`,
+    :math:`\phi_a = -2[(\alpha^2qT + a)T' + T]`, :math:`F_c = \alpha^2\mathbb E\phi_a` and
+    :math:`F_q = \alpha^2(1 + \mathbb ET') + \alpha\sqrt h\,\mathbb E[\phi_a g]/(2\sqrt q)`."""
+    q = mu @ mu
+    sq, sh = torch.sqrt(q), torch.sqrt(h)
+    a = (alpha**2 * (x0 @ mu))[:, None] + (alpha * sh * sq) * g
+    ta = 2 * torch.sigmoid(2 * a) - 1  # tanh, computed faster (float64 tanh is slow on CPUs)
+    dt = 1 - ta * ta
+    half = torch.addcmul(ta, torch.add(a, ta, alpha=float(alpha**2 * q)), dt)  # -phi_a / 2, in place of phi_a
+    f_c = -2 * alpha**2 * (half @ w)
+    f_q = alpha**2 * (1 + dt @ w) - (alpha * sh / sq) * (half @ (w * g))
+    return (f_c @ x0) / x0.shape[0] + 2 * f_q.mean() * mu
+
+
+def integrated_dsm_loss(mu, x0: torch.Tensor, t, *, sde: VPSDE | None = None, n_nodes: int = 24) -> torch.Tensor:
+    r"""The empirical DDPM loss of the mixture's score family with its noise integrated out exactly:
+    :math:`\hat L_t(\mu) = \frac1n\sum_i\mathbb E_\varepsilon\|s_\mu(\alpha x_0^i + \sqrt h\varepsilon, t)
+    + \varepsilon/\sqrt h\|^2`, the expectation of :func:`mixture_dsm_loss` over its noise for the sample ``x0``.
+
+    It is the limit of :func:`mixture_dsm_loss` with infinitely many noise draws per data point: a deterministic
+    function of the sample, whose minimiser is a finite-sample estimator of :math:`\pm\mu^*`.  By Stein's lemma
+    (:math:`\mathbb E[s(x_t)\cdot\varepsilon] = \sqrt h\,\mathbb E[\nabla\cdot s(x_t)]`),
+
+    .. math::
+
+        \mathbb E_\varepsilon\|s_\mu(x_t) + \varepsilon/\sqrt h\|^2
+        = \mathbb E_\varepsilon\big[\|s_\mu(x_t)\|^2 + 2\nabla\cdot s_\mu(x_t)\big] + d/h
+        = \mathbb E_g\big[\alpha^2\|\mu\|^2(2 - \tanh^2 a) - 2a\tanh a\big]
+          + \alpha^2\|x_0\|^2 + hd - 2d + d/h,
+
+    since :math:`\|s_\mu(x)\|^2 = \alpha^2\|\mu\|^2\tanh^2 a - 2a\tanh a + \|x\|^2` and
+    :math:`\nabla\cdot s_\mu(x) = \alpha^2\|\mu\|^2(1 - \tanh^2 a) - d` with :math:`a = \alpha\mu^\top x`, and given
+    :math:`x_0` the only random quantity, :math:`a = \alpha^2\mu^\top x_0 + \alpha\sqrt h\|\mu\|\,g` with
+    :math:`g \sim \mathsf N(0, 1)`, is one-dimensional: a Gauss-Hermite sum with ``n_nodes`` nodes per point.
+    Differentiable in ``mu`` (not at :math:`\mu = 0`, where :math:`\|\mu\|` is not).
+
+    Parameters
+    ----------
+    mu : array_like or torch.Tensor
+        The parameter :math:`\mu`, a finite vector (d,).
+    x0 : torch.Tensor
+        Data, shape (n, d).
+    t : float
+        One time in (0, T].
+    sde : VPSDE, optional
+        The forward process (default :class:`~diffnotes.sde.ConstantVP`).
+    n_nodes : int
+        Gauss-Hermite nodes of the noise expectation, >= 2 (default 24).
+
+    Returns
+    -------
+    torch.Tensor
+        The loss, a scalar.
+    """
+    sde = _checks.sde_or_default(sde)
+    mu = _vector("mu", mu)
+    x0 = _checks.points(x0, "x0", mu.shape[0])
+    n_nodes = _checks.positive_int(n_nodes, "n_nodes", 2, floats=True)
+    a_t, h_t = _one_time(sde, t)
+    alpha, h = a_t.to(x0), h_t.to(x0)
+    g, w = (v.to(x0) for v in _gauss_hermite(n_nodes))
+    mu = mu.to(x0)
+    d = x0.shape[1]
+    q = (mu @ mu).expand(x0.shape[0])
+    f = _dsm_terms(x0 @ mu, q, alpha, h, g, w)
+    return (f + alpha**2 * (x0**2).sum(1)).mean() + h * d - 2 * d + d / h
+
+
+@dataclass(frozen=True)
+class MixtureFit:
+    r"""The result of :func:`learn_mixture`.
+
+    Attributes
+    ----------
+    mu : torch.Tensor
+        The estimate of :math:`\pm\mu^*` at the end of the small-noise phase (d,).
+    mu_large : torch.Tensor
+        The iterate at the end of the large-noise phase (d,).
+    steps_large : int
+        The gradient steps of the large-noise phase.
+    steps_small : int
+        The gradient steps of the small-noise phase.
+    converged : bool
+        Whether the small-noise phase met its tolerance within ``max_steps_small`` steps.
+    """
+
+    mu: torch.Tensor
+    mu_large: torch.Tensor
+    steps_large: int
+    steps_small: int
+    converged: bool
+
+
+def learn_mixture(x0: torch.Tensor, *, t_large: float = 4.0, t_small: float = 0.05, mu0=None,
+                  lr_large: float = 0.04, lr_small: float = 0.5, steps_large: int = 20,
+                  max_steps_small: int = 1000, tol: float = 1e-10, noise_draws: int | None = None,
+                  generator: torch.Generator | None = None, sde: VPSDE | None = None,
+                  n_nodes: int = 16) -> MixtureFit:
+    r"""Learn the mean of the symmetric mixture from a sample by the two-phase gradient descent of
+    :cite:p:`shah2023learning` on the empirical DDPM objective.
+
+    Phase 1 runs ``steps_large`` gradient steps at the large noise level ``t_large`` from a random start (there the
+    step is a power-iteration step on the sample's second moment, :func:`power_direction`, and finds the direction
+    of :math:`\mu^*`); phase 2 continues at the small noise level ``t_small`` (there the step is close to an EM step)
+    until the step is shorter than ``tol`` :math:`\cdot\max(1, \|\mu\|)`, i.e. to a stationary point of the
+    empirical objective at ``t_small`` (its minimiser near :math:`\pm\mu^*`).  The gradient at ``t_large`` is of
+    order :math:`\alpha^4`, so the step there is ``lr_large`` :math:`/\alpha(t_{\rm large})^4`.  With the noise
+    integrated out the gradient is computed in closed form (that of :func:`integrated_dsm_loss` with the same
+    ``n_nodes``).
+
+    The objective's noise :math:`\varepsilon` is handled in one of two ways, each a genuine finite-sample objective
+    (a fixed function of the sample, so that gradient descent converges rather than fluctuates):
+
+    * ``noise_draws=None`` (default): integrated out exactly, :func:`integrated_dsm_loss`, the limit of infinitely
+      many draws per point; the minimiser's error is then the sample's alone, with the asymptotic covariance
+      :func:`dsm_asymptotic_covariance`;
+    * ``noise_draws=m``: :math:`m` draws per point, drawn once per phase with ``generator`` and kept fixed
+      (:func:`mixture_dsm_loss` on the sample repeated :math:`m` times).  Their variance grows like :math:`1/(mh)`
+      as :math:`t \to 0` and adds to the error unless :math:`m \gg 1/h`.
+
+    Parameters
+    ----------
+    x0 : torch.Tensor
+        The sample, shape (n, d), floating.
+    t_large : float
+        The large noise level, in (0, T] (default 4).
+    t_small : float
+        The small noise level, in (0, ``t_large``) (default 0.05).
+    mu0 : array_like or torch.Tensor, optional
+        The start, a finite non-zero vector (d,); by default a uniformly random direction of norm 1/2 drawn with
+        ``generator``.
+    lr_large : float
+        The step of phase 1 in units of :math:`\alpha(t_{\rm large})^{-4}`, positive (default 0.04; the
+        population Hessian at :math:`\mu^*` tends to :math:`4\alpha^4(\|\mu^*\|^2 I + \mu^*\mu^{*\top})` at large
+        t, so the step must stay below :math:`1/(4\|\mu^*\|^2)`).
+    lr_small : float
+        The step of phase 2, positive (default 0.5; the population Hessian at :math:`\mu^*` is about
+        :math:`2I` at :math:`t = 0.05` for :math:`\|\mu^*\| = 2`).
+    steps_large : int
+        The number of steps of phase 1, >= 0 (default 20).
+    max_steps_small : int
+        The most steps of phase 2, >= 1 (default 1000).
+    tol : float
+        The convergence tolerance of phase 2 on the step length, relative to :math:`\max(1, \|\mu\|)`, positive
+        (default 1e-10).
+    noise_draws : int, optional
+        None (default) to integrate the noise out, or the number m >= 1 of fixed noise draws per point.
+    generator : int, torch.Generator or numpy.random.Generator, optional
+        Source of the random start and of the fixed noise draws.
+    sde : VPSDE, optional
+        The forward process (default :class:`~diffnotes.sde.ConstantVP`).
+    n_nodes : int
+        Gauss-Hermite nodes of the integrated noise, >= 2 (default 16; relative error of the gradient near
+        :math:`\mu^*` below 1e-9 at both default times).
+
+    Returns
+    -------
+    MixtureFit
+        The estimate and the step counts; ``converged`` is False when phase 2 ran out of steps.
+
+    Raises
+    ------
+    FloatingPointError
+        If the iterates stop being finite (lower the steps).
+    """
+    generator = _checks.generator(generator)
+    sde = _checks.sde_or_default(sde)
+    x0 = _checks.points(x0, "x0", min_n=1)
+    n, d = x0.shape
+    x0 = x0.detach().to(torch.float64)
+    _one_time(sde, t_large), _one_time(sde, t_small)
+    t_large, t_small = float(t_large), float(t_small)
+    if not t_small < t_large:
+        raise ValueError(f"t_small must be below t_large, got t_small = {t_small}, t_large = {t_large}")
+    lrs = {}
+    for name, value in [("lr_large", lr_large), ("lr_small", lr_small), ("tol", tol)]:
+        value = float(value)
+        if not math.isfinite(value) or value <= 0:
+            raise ValueError(f"{name} must be a positive number, got {value}")
+        lrs[name] = value
+    steps_large = _checks.positive_int(steps_large, "steps_large", 0, floats=True)
+    max_steps_small = _checks.positive_int(max_steps_small, "max_steps_small", 1, floats=True)
+    n_nodes = _checks.positive_int(n_nodes, "n_nodes", 2, floats=True)
+    if noise_draws is not None:
+        noise_draws = _checks.positive_int(noise_draws, "noise_draws", 1)
+    if mu0 is None:
+        v = torch.randn(d, generator=generator, dtype=torch.float64)
+        mu = 0.5 * v / torch.linalg.vector_norm(v)
+    else:
+        mu = _vector("mu0", mu0, d, nonzero=True).detach().to(torch.float64).clone()
+
+    g, w = _gauss_hermite(n_nodes)
+
+    def objective(t):
+        """The gradient of the phase's objective, as a function of mu."""
+        if noise_draws is None:
+            alpha, h = _one_time(sde, t)
+            return lambda m: _dsm_gradient(m, x0, alpha.to(x0), h.to(x0), g, w)
+        xs = x0.repeat(noise_draws, 1)
+        eps = torch.randn(xs.shape, generator=generator, dtype=torch.float64)
+
+        def gradient(m):
+            m = m.clone().requires_grad_(True)
+            with torch.enable_grad():
+                return torch.autograd.grad(mixture_dsm_loss(m, xs, t, eps=eps, sde=sde), m)[0]
+
+        return gradient
+
+    def step(gradient, mu, lr):
+        new = mu - lr * gradient(mu)
+        if not torch.all(torch.isfinite(new)):
+            raise FloatingPointError("gradient descent diverged: lower the step")
+        return new
+
+    gradient = objective(t_large)
+    lr = lrs["lr_large"] / float(sde.alpha(t_large)) ** 4
+    for _ in range(steps_large):
+        mu = step(gradient, mu, lr)
+    mu_large = mu.clone()
+    gradient = objective(t_small)
+    converged = False
+    k = 0
+    while k < max_steps_small:
+        new = step(gradient, mu, lrs["lr_small"])
+        k += 1
+        done = float(torch.linalg.vector_norm(new - mu)) <= lrs["tol"] * max(1.0, float(torch.linalg.vector_norm(mu)))
+        mu = new
+        if done:
+            converged = True
+            break
+    return MixtureFit(mu, mu_large, steps_large, k, converged)
+
+
+def fisher_information(mu_star, *, n_nodes: int = 160) -> torch.Tensor:
+    r"""The Fisher information :math:`I(\mu^*)` of the symmetric mixture in its mean, (d, d).
+
+    The log-density :math:`\log p_\mu(x) = \log\cosh(\mu^\top x) - \|\mu\|^2/2 + {\rm const}(x)` has the score
+    :math:`\nabla_\mu\log p_\mu(x) = \tanh(\mu^\top x)\,x - \mu`, and
+    :math:`I = \mathbb E[(\tanh(\mu^{*\top}X)X - \mu^*)(\tanh(\mu^{*\top}X)X - \mu^*)^\top]`.  Write
+    :math:`X = Y u + X_\perp` with :math:`u = \mu^*/r`, :math:`r = \|\mu^*\|`: given the component,
+    :math:`X_\perp \sim \mathsf N(0, I - uu^\top)` is independent of :math:`Y`, so the cross terms vanish and
+
+    .. math::
+
+        I = I_\parallel\,uu^\top + I_\perp\,(I_d - uu^\top),\qquad
+        I_\parallel = \mathbb E[(Y\tanh(rY) - r)^2],\quad I_\perp = \mathbb E[\tanh^2(rY)],
+
+    with :math:`Y \sim \mathsf N(r, 1)` (both integrands are even in :math:`Y`, so one component suffices), by
+    Gauss-Hermite quadrature.  The maximum-likelihood estimator (the fixed point of empirical EM,
+    :func:`em_update`) has :math:`n\,\mathbb E\|\hat\mu - \mu^*\|^2 \to {\rm tr}\,I^{-1}
+    = 1/I_\parallel + (d-1)/I_\perp` (up to sign), the Cramer-Rao bound for every regular estimator.
+
+    Parameters
+    ----------
+    mu_star : array_like or torch.Tensor
+        The true mean, a finite non-zero vector (d,).
+    n_nodes : int
+        Gauss-Hermite nodes, >= 2 (default 160).
+
+    Returns
+    -------
+    torch.Tensor
+        :math:`I(\mu^*)`, float64, shape (d, d).
+    """
+    mu_star = _vector("mu_star", mu_star, nonzero=True).detach().to(torch.float64)
+    g, w = _gauss_hermite(_checks.positive_int(n_nodes, "n_nodes", 2, floats=True))
+    r = torch.linalg.vector_norm(mu_star)
+    y = r + g
+    th = torch.tanh(r * y)
+    i_par = (w * (y * th - r) ** 2).sum()
+    i_perp = (w * th**2).sum()
+    return _radial(mu_star / r, i_par, i_perp)
+
+
+def _radial(u: torch.Tensor, along: torch.Tensor, across: torch.Tensor) -> torch.Tensor:
+    """The matrix ``along`` u u^T + ``across`` (I - u u^T) for a unit vector u."""
+    uu = torch.outer(u, u)
+    return along * uu + across * (torch.eye(u.shape[0], dtype=u.dtype) - uu)
+
+
+def dsm_asymptotic_covariance(mu_star, t, *, sde: VPSDE | None = None, n_nodes: int = 160,
+                              n_nodes_noise: int = 40) -> torch.Tensor:
+    r"""The asymptotic covariance :math:`V_t` of the minimiser of the noise-integrated empirical DDPM loss at one
+    time t (:func:`integrated_dsm_loss`): :math:`\sqrt n(\hat\mu_t \mp \mu^*) \to \mathsf N(0, V_t)`, (d, d).
+
+    The minimiser is an M-estimator, so :math:`V_t = A^{-1}BA^{-1}` with :math:`A` the Hessian of the population
+    loss at :math:`\mu^*` and :math:`B` the covariance of one point's gradient.  One point's loss depends on
+    :math:`\mu` through :math:`c = \mu^\top x_0` and :math:`q = \|\mu\|^2` only, :math:`F(c, q)` (see
+    :func:`integrated_dsm_loss`), so its gradient is :math:`F_c\,x_0 + 2F_q\,\mu`.  With
+    :math:`x_0 = Yu + X_\perp`, :math:`u = \mu^*/r`, both matrices are radial (:math:`a_\parallel uu^\top +
+    a_\perp(I - uu^\top)`), with, at :math:`c = rY`, :math:`q = r^2` and :math:`Y \sim \mathsf N(r, 1)`,
+
+    .. math::
+
+        B_\parallel = \mathbb E[(F_cY + 2rF_q)^2],\quad B_\perp = \mathbb E[F_c^2],\quad
+        A_\parallel = \mathbb E[F_{cc}Y^2 + 4rF_{cq}Y + 4r^2F_{qq} + 2F_q],\quad
+        A_\perp = \mathbb E[F_{cc} + 2F_q],
+
+    so :math:`{\rm tr}\,V_t = B_\parallel/A_\parallel^2 + (d-1)B_\perp/A_\perp^2`.  The derivatives of
+    :math:`F` come from autograd, the expectations from Gauss-Hermite quadrature (``n_nodes`` in :math:`Y`,
+    ``n_nodes_noise`` in the noise).  :math:`V_t \succeq I(\mu^*)^{-1}` (:func:`fisher_information`): the DDPM
+    estimator is not the maximum-likelihood one.  As :math:`t \to 0` it tends to the score-matching estimator
+    of :cite:p:`hyvarinen2005estimation` (the noise-averaged loss tends to :math:`\|s_\mu\|^2 + 2\nabla\cdot s_\mu`).
+
+    Parameters
+    ----------
+    mu_star : array_like or torch.Tensor
+        The true mean, a finite non-zero vector (d,).
+    t : float
+        One time in (0, T].
+    sde : VPSDE, optional
+        The forward process (default :class:`~diffnotes.sde.ConstantVP`).
+    n_nodes : int
+        Gauss-Hermite nodes in the data direction, >= 2 (default 160).
+    n_nodes_noise : int
+        Gauss-Hermite nodes in the noise, >= 2 (default 40).
+
+    Returns
+    -------
+    torch.Tensor
+        :math:`V_t`, float64, shape (d, d).
+    """
+    mu_star = _vector("mu_star", mu_star, nonzero=True).detach().to(torch.float64)
+    a_t, h_t = _one_time(_checks.sde_or_default(sde), t)
+    alpha, h = a_t.to(torch.float64), h_t.to(torch.float64)
+    gy, wy = _gauss_hermite(_checks.positive_int(n_nodes, "n_nodes", 2, floats=True))
+    g, w = _gauss_hermite(_checks.positive_int(n_nodes_noise, "n_nodes_noise", 2, floats=True))
+    r = torch.linalg.vector_norm(mu_star)
+    y = r + gy
+    with torch.enable_grad():
+        c = (r * y).requires_grad_(True)
+        q = torch.full_like(y, float(r) ** 2).requires_grad_(True)
+        f = _dsm_terms(c, q, alpha, h, g, w)
+        # F depends on (c_k, q_k) alone, so the gradients of sums are the elementwise derivatives.
+        fc, fq = torch.autograd.grad(f.sum(), (c, q), create_graph=True)
+        fcc, fcq = torch.autograd.grad(fc.sum(), (c, q), retain_graph=True)
+        (fqq,) = torch.autograd.grad(fq.sum(), q)
+    fc, fq, fcc, fcq, fqq = (v.detach() for v in (fc, fq, fcc, fcq, fqq))
+
+    def mean(v):
+        return (wy * v).sum()
+
+    b_par = mean((fc * y + 2 * r * fq) ** 2)
+    b_perp = mean(fc**2)
+    a_par = mean(fcc * y**2 + 4 * r * fcq * y + 4 * r**2 * fqq + 2 * fq)
+    a_perp = mean(fcc + 2 * fq)
+    return _radial(mu_star / r, b_par / a_par**2, b_perp / a_perp**2)
