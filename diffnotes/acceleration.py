@@ -12,6 +12,10 @@ cheaper than integrating the backward process with hundreds of score evaluations
   :math:`z\mapsto\mathrm{ODE}(z)` of a precise teacher sampler: a one-step student regresses the teacher's outputs;
   a consistency model :math:`f(x, t)` is trained so that :math:`f(x_t, t) = f(x_{t'}, t')` along teacher ODE steps,
   with :math:`f(x, t_0) = x` built in.
+* **Consistency training** :cite:p:`song2023consistency,song2024improved` trains the same model without a teacher or
+  a score: the ODE step is replaced by the same noise at two neighbouring times (:func:`consistency_training_loss`,
+  :func:`fit_consistency`, with the published discretisation schedules, target network, Pseudo-Huber metric,
+  log-normal noise levels and weighting).
 * **Latent diffusion** :cite:p:`rombach2022high` diffuses in the coordinates of an encoder; here a PCA encoder, which
   for data on a linear subspace loses nothing and makes the latent score that of a low-dimensional exact target.
 
@@ -21,8 +25,10 @@ Every sampler here follows the package's conventions: the start ``x`` is a tenso
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -35,7 +41,7 @@ from .networks import _mlp, seeded
 from .samplers import _check_times, _ddim_rows, _Loop, _start, exponential_multistep
 from .sde import VPSDE, as_time
 from .targets import GaussianMixture, SubspaceMixture
-from .training import TrainResult, train
+from .training import TrainResult, ema_update, train
 
 __all__ = [
     "interpolant",
@@ -50,6 +56,16 @@ __all__ = [
     "StudentMLP",
     "ConsistencyModel",
     "consistency_distillation_loss",
+    "noise_level",
+    "karras_grid",
+    "ct_discretisation",
+    "ict_discretisation",
+    "ct_ema_decay",
+    "pseudo_huber",
+    "lognormal_interval_probabilities",
+    "consistency_training_loss",
+    "ConsistencyFit",
+    "fit_consistency",
     "consistency_sample",
     "PCAEncoder",
     "fit_pca",
@@ -474,7 +490,7 @@ class ConsistencyModel(nn.Module):
         self._sigma0 = float(self._sigma(torch.tensor(t0, dtype=torch.float64)))
 
     def _sigma(self, t: torch.Tensor) -> torch.Tensor:
-        return torch.sqrt(torch.expm1(self.sde.integral(t)))  # sqrt(h) / alpha
+        return noise_level(self.sde, t)  # sqrt(h) / alpha
 
     def coefficients(self, t) -> tuple[torch.Tensor, torch.Tensor]:
         r""":math:`c_{\rm skip}(t)` and :math:`c_{\rm out}(t)`; exactly 1 and 0 at :math:`t_0`.
@@ -573,6 +589,510 @@ def consistency_distillation_loss(model: ConsistencyModel, x0: torch.Tensor, *, 
         target = (target_model if target_model is not None else model)(x_lo, t_lo.to(x0))
     out = model(xt, t_hi.to(x0))
     return _reduce(((out - target) ** 2).sum(dim=1), reduction)
+
+
+# -- consistency training: no teacher, no score ------------------------------------------------------------------------
+def noise_level(sde: VPSDE, t) -> torch.Tensor:
+    r"""The noise-to-signal ratio :math:`\sigma(t) = \sqrt{h(t)}/\alpha(t) = \sqrt{\mathrm{expm1}\,G(t)}` of VP times.
+
+    :math:`x_t/\alpha(t) = x_0 + \sigma(t)\,z` is the variance-exploding variable in which
+    :cite:t:`song2023consistency` and :cite:t:`song2024improved` write consistency training (their :math:`\sigma`
+    runs from :math:`\sigma_{\min} = 0.002` to :math:`\sigma_{\max} = 80`; here from :math:`\sigma(t_0)` to
+    :math:`\sigma(T)`).  It is the :math:`\sigma` of :class:`ConsistencyModel`'s :math:`c_{\rm skip}, c_{\rm out}`.
+
+    Parameters
+    ----------
+    sde : VPSDE
+        The forward process.
+    t : float or torch.Tensor
+        Time(s) in [0, T].
+
+    Returns
+    -------
+    torch.Tensor
+        :math:`\sigma(t)`, float64, shaped like ``t``.
+    """
+    return torch.sqrt(torch.expm1(sde.integral(as_time(t).to(torch.float64))))
+
+
+def karras_grid(sde: VPSDE, t0: float, n_points: int, rho: float = 7.0) -> torch.Tensor:
+    r"""The increasing grid :math:`t_0 = t_1 < \dots < t_N = T` of consistency training, uniform in
+    :math:`\sigma^{1/\rho}`:
+
+    .. math::
+
+        \sigma(t_i) = \Big(\sigma_{\min}^{1/\rho} + \tfrac{i-1}{N-1}\big(\sigma_{\max}^{1/\rho}
+        - \sigma_{\min}^{1/\rho}\big)\Big)^{\rho},\qquad i = 1, \dots, N,
+
+    with :math:`\sigma_{\min} = \sigma(t_0)`, :math:`\sigma_{\max} = \sigma(T)` (:func:`noise_level`) and
+    :math:`\rho = 7`: the discretisation of :cite:t:`song2023consistency` and :cite:t:`song2024improved` (after
+    :cite:t:`karras2022elucidating`), mapped to VP times by :math:`t = G^{-1}(\log(1 + \sigma^2))`.  The end points
+    are set to exactly :math:`t_0` and :math:`T`.
+
+    Parameters
+    ----------
+    sde : VPSDE
+        The forward process.
+    t0 : float
+        The early-stopping time, in (0, T).
+    n_points : int
+        The number N >= 2 of grid points (N - 1 intervals).
+    rho : float
+        The exponent :math:`\rho > 0` (default 7).
+
+    Returns
+    -------
+    torch.Tensor
+        The N times, float64, strictly increasing.
+    """
+    sde = sde_or_default(sde)
+    n_points = positive_int(n_points, "n_points", 2)
+    t0, rho = float(t0), float(rho)
+    if not 0 < t0 < sde.T:
+        raise ValueError(f"t0 must lie in (0, T) = (0, {sde.T:g}), got {t0}")
+    if not (math.isfinite(rho) and rho > 0):
+        raise ValueError(f"rho must be positive, got {rho}")
+    lo, hi = float(noise_level(sde, t0)) ** (1 / rho), float(noise_level(sde, sde.T)) ** (1 / rho)
+    frac = torch.arange(n_points, dtype=torch.float64) / (n_points - 1)
+    sig = (lo + frac * (hi - lo)) ** rho
+    times = sde.inverse_integral(torch.log1p(sig**2)).to(torch.float64)
+    times[0], times[-1] = t0, sde.T
+    if not torch.all(times[1:] > times[:-1]):
+        raise ValueError(f"{n_points} points are too many for this process: two grid times coincide")
+    return times
+
+
+def _schedule_ints(k, total, s0, s1, min_s0: int) -> tuple[int, int, int, int]:
+    total = positive_int(total, "total")
+    k = positive_int(k, "k", 0)
+    if k > total:
+        raise ValueError(f"the step k must lie in [0, total] = [0, {total}], got {k}")
+    s0, s1 = positive_int(s0, "s0", min_s0), positive_int(s1, "s1", min_s0)
+    if s1 < s0:
+        raise ValueError(f"s1 must be at least s0, got s0 = {s0} and s1 = {s1}")
+    return k, total, s0, s1
+
+
+def ct_discretisation(k: int, total: int, s0: int = 2, s1: int = 150) -> int:
+    r"""The number of grid points :math:`N(k)` at step k of consistency training (:cite:t:`song2023consistency`):
+
+    .. math:: N(k) = \Big\lceil\sqrt{\tfrac kK\big((s_1 + 1)^2 - s_0^2\big) + s_0^2} - 1\Big\rceil + 1,
+
+    growing from :math:`N(0) = s_0` to :math:`N(K) = s_1 + 1`; their CIFAR-10 values :math:`s_0 = 2`,
+    :math:`s_1 = 150` are the defaults.
+
+    Parameters
+    ----------
+    k : int
+        The training step, in [0, K].
+    total : int
+        The number K of training steps.
+    s0, s1 : int
+        The initial and final discretisation, 2 <= s0 <= s1.
+
+    Returns
+    -------
+    int
+        N(k), the number of points of :func:`karras_grid`.
+    """
+    k, total, s0, s1 = _schedule_ints(k, total, s0, s1, 2)
+    return math.ceil(math.sqrt(k / total * ((s1 + 1) ** 2 - s0**2) + s0**2) - 1) + 1
+
+
+def ict_discretisation(k: int, total: int, s0: int = 10, s1: int = 1280) -> int:
+    r"""The doubling discretisation :math:`N(k)` of improved consistency training (:cite:t:`song2024improved`):
+
+    .. math::
+
+        N(k) = \min\big(s_0\,2^{\lfloor k/K'\rfloor},\ s_1\big) + 1,\qquad
+        K' = \Big\lfloor\frac{K}{\lfloor\log_2\lfloor s_1/s_0\rfloor\rfloor + 1}\Big\rfloor
+
+    (:math:`K'` at least 1), with their defaults :math:`s_0 = 10`, :math:`s_1 = 1280`: 11, 21, 41, ..., 1281 points,
+    each for K/8 steps.
+
+    Parameters
+    ----------
+    k : int
+        The training step, in [0, K].
+    total : int
+        The number K of training steps.
+    s0, s1 : int
+        The initial and final number of intervals, 1 <= s0 <= s1.
+
+    Returns
+    -------
+    int
+        N(k), the number of points of :func:`karras_grid`.
+    """
+    k, total, s0, s1 = _schedule_ints(k, total, s0, s1, 1)
+    stage = max(1, total // (int(math.floor(math.log2(s1 // s0))) + 1))
+    return min(s0 * 2 ** (k // stage), s1) + 1
+
+
+def ct_ema_decay(n_points: int, s0: int = 2, mu0: float = 0.9) -> float:
+    r"""The decay :math:`\mu(k) = \exp\big(s_0\log\mu_0/N(k)\big)` of the target network of consistency training
+    :cite:p:`song2023consistency` (default :math:`\mu_0 = 0.9`, :math:`s_0 = 2`: :math:`\mu = \mu_0` at the first
+    step, closer to 1 as N grows).  :cite:t:`song2024improved` drop this average (:math:`\mu = 0`).
+
+    Parameters
+    ----------
+    n_points : int
+        N(k), at least 2.
+    s0 : int
+        The initial discretisation of :func:`ct_discretisation`, a positive integer.
+    mu0 : float
+        The initial decay, in [0, 1).
+
+    Returns
+    -------
+    float
+        :math:`\mu(k)` in [0, 1).
+    """
+    n_points, s0 = positive_int(n_points, "n_points", 2), positive_int(s0, "s0")
+    mu0 = _checks.probability(mu0, "mu0", open_right=True)
+    return 0.0 if mu0 == 0 else math.exp(s0 * math.log(mu0) / n_points)
+
+
+def pseudo_huber(x: torch.Tensor, y: torch.Tensor, c: float) -> torch.Tensor:
+    r"""The Pseudo-Huber distance of each row, :math:`d(x, y) = \sqrt{\|x - y\|_2^2 + c^2} - c`
+    :cite:p:`song2024improved`.
+
+    Computed as :math:`\|x-y\|^2/(\sqrt{\|x-y\|^2 + c^2} + c)`, without cancellation.  It is
+    :math:`\|x - y\|^2/(2c)` for :math:`\|x-y\| \ll c` and :math:`\|x - y\| - c` for :math:`\|x-y\| \gg c`: a
+    squared loss near zero, a robust norm beyond c.
+
+    Parameters
+    ----------
+    x, y : torch.Tensor
+        Points, each shape (n, D).
+    c : float
+        The scale c > 0 (:cite:t:`song2024improved` take :math:`c = 0.00054\sqrt D`).
+
+    Returns
+    -------
+    torch.Tensor
+        The n distances, shape (n,).
+    """
+    x, y = sample(x, "x"), sample(y, "y")
+    if x.shape != y.shape:
+        raise ValueError(f"x and y must have the same shape, got {tuple(x.shape)} and {tuple(y.shape)}")
+    c = float(c)
+    if not (math.isfinite(c) and c > 0):
+        raise ValueError(f"the Pseudo-Huber scale c must be positive, got {c}")
+    sq = ((x - y) ** 2).sum(dim=1)
+    return sq / (torch.sqrt(sq + c * c) + c)
+
+
+def lognormal_interval_probabilities(times, sde: VPSDE | None = None, p_mean: float = -1.1,
+                                     p_std: float = 2.0) -> torch.Tensor:
+    r"""The discretised log-normal law of the interval :math:`[t_i, t_{i+1}]` of improved consistency training:
+
+    .. math::
+
+        p(i) \propto \operatorname{erf}\Big(\frac{\log\sigma_{i+1} - P_{\rm mean}}{\sqrt2\,P_{\rm std}}\Big)
+        - \operatorname{erf}\Big(\frac{\log\sigma_i - P_{\rm mean}}{\sqrt2\,P_{\rm std}}\Big),
+
+    :math:`\sigma_i = \sigma(t_i)` (:func:`noise_level`), the published :math:`P_{\rm mean} = -1.1`,
+    :math:`P_{\rm std} = 2` by default (set for data of scale :math:`\sigma_d = 0.5`) :cite:p:`song2024improved`.
+
+    Parameters
+    ----------
+    times : sequence
+        The increasing grid :math:`t_1 < \dots < t_N` (e.g. :func:`karras_grid`), N >= 2.
+    sde : VPSDE, optional
+        The forward process (default :class:`~diffnotes.sde.ConstantVP`).
+    p_mean, p_std : float
+        Mean and standard deviation of :math:`\log\sigma`; ``p_std > 0``.
+
+    Returns
+    -------
+    torch.Tensor
+        The N - 1 probabilities, float64, summing to 1.
+    """
+    sde = sde_or_default(sde)
+    times = as_time(times).to(torch.float64)
+    if times.ndim != 1 or times.numel() < 2 or not torch.all(times[1:] > times[:-1]):
+        raise ValueError("times must be a strictly increasing 1-D grid of at least 2 times")
+    p_mean, p_std = float(p_mean), float(p_std)
+    if not (math.isfinite(p_mean) and math.isfinite(p_std) and p_std > 0):
+        raise ValueError(f"need a finite p_mean and p_std > 0, got {p_mean} and {p_std}")
+    cdf = torch.special.ndtr((torch.log(noise_level(sde, times)) - p_mean) / p_std)  # (1 + erf(./sqrt 2)) / 2
+    p = torch.clamp(cdf[1:] - cdf[:-1], min=0.0)
+    if not float(p.sum()) > 0:
+        raise ValueError("the log-normal law puts no mass on this grid: check p_mean and p_std")
+    return p / p.sum()
+
+
+_METRICS = ("l2", "pseudo_huber")
+_WEIGHTINGS = ("uniform", "inverse_gap")
+
+
+def consistency_training_loss(model: ConsistencyModel, x0: torch.Tensor, *, times, target_model: Callable | None = None,
+                              metric: str = "l2", c: float | None = None, weighting: str = "uniform",
+                              interval_probabilities=None, generator: torch.Generator | None = None,
+                              reduction: str = "mean") -> torch.Tensor:
+    r"""Consistency training: the consistency loss with the ODE step replaced by the *same noise* at both times.
+
+    On the increasing grid :math:`t_1 = t_0 < \dots < t_N \le T` draw an interval :math:`n` (uniformly, or with
+    ``interval_probabilities``) and one :math:`z\sim\mathsf N(0, I)` per data point, set
+
+    .. math::
+
+        x_{t_{n+1}} = \alpha(t_{n+1})\,x_0 + \sqrt{h(t_{n+1})}\,z,\qquad
+        x_{t_n} = \alpha(t_n)\,x_0 + \sqrt{h(t_n)}\,z,
+
+    and minimise :math:`\lambda(t_n)\,d\big(f_\theta(x_{t_{n+1}}, t_{n+1}),\ \operatorname{sg}
+    f_{\theta^-}(x_{t_n}, t_n)\big)` :cite:p:`song2023consistency`.  In the variable :math:`y = x/\alpha` of
+    :func:`noise_level` the pair is :math:`y_{n+1} = x_0 + \sigma_{n+1}z`, :math:`y_n = y_{n+1} - (\sigma_{n+1} -
+    \sigma_n)\,z`: one Euler step of the probability-flow ODE :math:`\mathrm dy/\mathrm d\sigma =
+    \mathbb E[z\mid y]` with the one-sample estimate :math:`z` of :math:`\mathbb E[z\mid y]` -- the DDIM step of
+    :func:`consistency_distillation_loss` with :math:`-z/\sqrt{h}` in place of the score.  No teacher and no score
+    are needed; the price is a bias: with the squared metric the fixed point satisfies
+    :math:`f(y_{n+1}) = \mathbb E[f(y_{n+1} - \Delta\sigma\,z)\mid y_{n+1}]`, which is the fixed point of
+    distillation with one exact-score DDIM step where f is linear in y (Gaussian data) and differs from it by
+    :math:`O(\Delta\sigma^2)` per interval where f is curved; either way it reaches the ODE's map only as the grid is
+    refined.  Even the exact consistency function has a positive loss, of order :math:`\Delta\sigma^2` per interval
+    (zero only for data at a single point, where every pair lies on one ODE path).
+
+    Implemented pieces: ``metric="l2"`` is :math:`d(x, y) = \|x - y\|_2^2` (the published ``l2`` metric; LPIPS, a
+    learned image metric, has no meaning here), ``metric="pseudo_huber"`` is :func:`pseudo_huber` with
+    ``c`` (default :math:`0.00054\sqrt D`) :cite:p:`song2024improved`; ``weighting="uniform"`` is
+    :math:`\lambda = 1`, ``"inverse_gap"`` is :math:`\lambda(t_n) = 1/(\sigma_{n+1} - \sigma_n)`
+    :cite:p:`song2024improved`; ``target_model`` is :math:`\theta^-` (an EMA copy, Song et al. 2023; default the
+    model itself under stop-gradient, as in the improved version).  :func:`fit_consistency` assembles the two
+    published recipes.
+
+    Parameters
+    ----------
+    model : ConsistencyModel
+        The consistency function being trained.
+    x0 : torch.Tensor
+        Data, shape (n, D).
+    times : sequence
+        The grid (either order, e.g. :func:`karras_grid`) from ``model.t0`` to at most T, at least 2 points.
+    target_model : callable, optional
+        :math:`f_{\theta^-}`, evaluated without gradient (default ``model``).
+    metric : {"l2", "pseudo_huber"}
+        The distance d.
+    c : float, optional
+        The Pseudo-Huber scale (only with ``metric="pseudo_huber"``).
+    weighting : {"uniform", "inverse_gap"}
+        The weight :math:`\lambda(t_n)`.
+    interval_probabilities : sequence, optional
+        The law of n over the N - 1 intervals (e.g. :func:`lognormal_interval_probabilities`); default uniform.
+    generator : torch.Generator, optional
+        Source of the intervals and the noise.
+    reduction : {"mean", "none"}
+        Batch mean, or per-sample terms.
+    """
+    generator = _checks.generator(generator)
+    if not isinstance(model, ConsistencyModel):
+        raise TypeError(f"model must be a ConsistencyModel, got {type(model).__name__}")
+    if metric not in _METRICS:
+        raise ValueError(f"metric must be one of {_METRICS}, got {metric!r}")
+    if weighting not in _WEIGHTINGS:
+        raise ValueError(f"weighting must be one of {_WEIGHTINGS}, got {weighting!r}")
+    if c is not None and metric != "pseudo_huber":
+        raise ValueError("c is the Pseudo-Huber scale: pass it only with metric='pseudo_huber'")
+    x0 = sample(x0, "x0")
+    sde = model.sde
+    grid = torch.sort(as_time(times).to(torch.float64).reshape(-1)).values
+    _check_times(torch.flip(grid, [0]), sde)
+    if abs(float(grid[0]) - model.t0) > 1e-12 * max(1.0, model.t0):
+        raise ValueError(f"the grid must start at the model's t0 = {model.t0:g}, got {float(grid[0]):g}")
+    m = grid.numel() - 1
+    p = None
+    if interval_probabilities is not None:
+        p = as_time(interval_probabilities).to(torch.float64)
+        if p.shape != (m,) or not torch.all(torch.isfinite(p)) or torch.any(p < 0) or not float(p.sum()) > 0:
+            raise ValueError(f"interval_probabilities must be {m} non-negative numbers (one per interval) with a "
+                             f"positive sum, got shape {tuple(p.shape)}")
+        p = p / p.sum()
+    table = _GridTable(sde, grid, p)
+    return _reduce(_ct_terms(model, x0, table, target_model, metric, c, weighting, generator), reduction)
+
+
+class _GridTable:
+    """A checked grid with alpha, sqrt(h) and sigma at its points and the law of its intervals (None: uniform)."""
+
+    def __init__(self, sde, grid, probabilities):
+        self.grid, self.p = grid, probabilities
+        self.a, self.s, self.sig = sde.alpha(grid), sde.sigma(grid), noise_level(sde, grid)
+
+
+def _ct_terms(model, x0, table, target_model, metric, c, weighting, generator) -> torch.Tensor:
+    """The per-sample terms of :func:`consistency_training_loss` (inputs already checked)."""
+    n, m = x0.shape[0], table.grid.numel() - 1
+    if table.p is None:
+        k = torch.randint(0, m, (n,), generator=generator)
+    else:
+        k = torch.multinomial(table.p, n, replacement=True, generator=generator)
+    z = torch.randn(x0.shape, generator=generator, dtype=x0.dtype)
+    a, s = table.a.to(x0), table.s.to(x0)
+    x_hi = a[k + 1, None] * x0 + s[k + 1, None] * z
+    x_lo = a[k, None] * x0 + s[k, None] * z  # the same z
+    t_hi, t_lo = table.grid[k + 1].to(x0), table.grid[k].to(x0)
+    with torch.no_grad():
+        target = (target_model if target_model is not None else model)(x_lo, t_lo)
+    out = model(x_hi, t_hi)
+    if metric == "l2":
+        per = ((out - target) ** 2).sum(dim=1)
+    else:
+        per = pseudo_huber(out, target, 0.00054 * math.sqrt(x0.shape[1]) if c is None else c)
+    if weighting == "inverse_gap":
+        per = per / (table.sig[k + 1] - table.sig[k]).to(per)
+    return per
+
+
+@dataclass
+class ConsistencyFit(TrainResult):
+    r"""What :func:`fit_consistency` returns: a :class:`~diffnotes.training.TrainResult` (it unpacks as
+    ``losses, model, ema_model``) with the target network and the discretisation schedule.
+
+    Parameters
+    ----------
+    losses : numpy.ndarray
+        The minibatch loss at every step.
+    model : torch.nn.Module
+        The trained consistency model (the object passed in).
+    ema_model : torch.nn.Module or None
+        The sampling EMA of :func:`~diffnotes.training.train` when ``ema=`` was passed, else None.
+    target_model : torch.nn.Module or None
+        The EMA target network :math:`\theta^-` of ``method="ct"``; None for ``"ict"`` (the model itself).
+    discretisation : numpy.ndarray or None
+        N(k), the number of grid points used at each step.
+    """
+
+    target_model: nn.Module | None = None
+    discretisation: np.ndarray | None = None
+
+
+class _CTObjective:
+    """The loss of one consistency-training run: N(k), the grid and the EMA target, step by step."""
+
+    def __init__(self, model, steps, method, s0, s1, mu0, rho, c, p_mean, p_std):
+        self.model, self.steps, self.method = model, steps, method
+        self.s0, self.s1, self.mu0, self.rho, self.c = s0, s1, mu0, rho, c
+        self.p_mean, self.p_std = p_mean, p_std
+        self.k, self.n_points, self._grids = 0, np.zeros(steps, dtype=np.int64), {}
+        self.target = None
+        if method == "ct":
+            self.target = copy.deepcopy(model)
+            self.target.requires_grad_(False)
+
+    def table(self, N):
+        if N not in self._grids:
+            times = karras_grid(self.model.sde, self.model.t0, N, self.rho)
+            probs = None
+            if self.method == "ict":
+                probs = lognormal_interval_probabilities(times, self.model.sde, self.p_mean, self.p_std)
+            self._grids[N] = _GridTable(self.model.sde, times, probs)
+        return self._grids[N]
+
+    def __call__(self, model, x0, *, generator=None):
+        k = min(self.k, self.steps - 1)
+        if self.method == "ct":
+            N = ct_discretisation(k, self.steps, self.s0, self.s1)
+            terms = _ct_terms(model, x0, self.table(N), self.target, "l2", None, "uniform", generator)
+        else:
+            N = ict_discretisation(k, self.steps, self.s0, self.s1)
+            terms = _ct_terms(model, x0, self.table(N), None, "pseudo_huber", self.c, "inverse_gap", generator)
+        self.n_points[k] = N
+        return terms.mean()
+
+    def after_step(self, model):  # theta^- <- mu theta^- + (1 - mu) sg theta, with mu of this step's N(k)
+        if self.target is not None:
+            ema_update(self.target, model, ct_ema_decay(int(self.n_points[min(self.k, self.steps - 1)]), self.s0,
+                                                        self.mu0))
+        self.k += 1
+
+
+def fit_consistency(model: ConsistencyModel, x0: torch.Tensor, *, steps: int, method: str = "ict",
+                    s0: int | None = None, s1: int | None = None, mu0: float | None = None, rho: float = 7.0,
+                    c: float | None = None, p_mean: float | None = None, p_std: float | None = None,
+                    **train_options) -> ConsistencyFit:
+    r"""Train a consistency model from data alone, by one of the two published recipes of consistency training.
+
+    Step k of K = ``steps`` minimises :func:`consistency_training_loss` on the :func:`karras_grid` of N(k) points
+    (:math:`\rho` = ``rho``), with the optimiser and minibatches of :func:`~diffnotes.training.train`:
+
+    * ``method="ct"`` (:cite:t:`song2023consistency`, Algorithm 3): :math:`N(k)` of :func:`ct_discretisation`
+      (defaults :math:`s_0 = 2`, :math:`s_1 = 150`), n uniform, :math:`\lambda = 1`, the squared :math:`\ell_2`
+      metric, and a target network :math:`\theta^-` initialised to :math:`\theta` and updated after every step by
+      :math:`\theta^- \leftarrow \mu(k)\,\theta^- + (1 - \mu(k))\,\theta` with :math:`\mu(k)` of
+      :func:`ct_ema_decay` (default :math:`\mu_0 = 0.9`);
+    * ``method="ict"`` (:cite:t:`song2024improved`): :math:`N(k)` of :func:`ict_discretisation` (defaults
+      :math:`s_0 = 10`, :math:`s_1 = 1280`), n from :func:`lognormal_interval_probabilities` (``p_mean``, ``p_std``),
+      :math:`\lambda = 1/(\sigma_{n+1} - \sigma_n)`, the :func:`pseudo_huber` metric (``c``, default
+      :math:`0.00054\sqrt D`), and no target EMA: :math:`\theta^- = \operatorname{sg}\theta`.
+
+    Not implemented from the papers: their networks (U-Nets with dropout), learning rates and batch sizes (the
+    caller's ``train_options``), the LPIPS metric, and the separate slow EMA they evaluate (``ema=`` of
+    :func:`~diffnotes.training.train` provides one, bias-corrected).  Single process only.
+
+    Parameters
+    ----------
+    model : ConsistencyModel
+        The consistency function, trained in place.
+    x0 : torch.Tensor
+        The training data, shape (n, D).
+    steps : int
+        The number K of optimisation steps.
+    method : {"ict", "ct"}
+        The recipe.
+    s0, s1 : int, optional
+        The discretisation schedule's bounds (defaults per method, above).
+    mu0 : float, optional
+        The initial target decay of ``"ct"``, in [0, 1) (default 0.9).
+    rho : float
+        The exponent of :func:`karras_grid`.
+    c : float, optional
+        The Pseudo-Huber scale of ``"ict"``.
+    p_mean, p_std : float, optional
+        The log-normal law of :math:`\log\sigma` of ``"ict"`` (defaults -1.1 and 2).
+    **train_options
+        Passed to :func:`~diffnotes.training.train` (``batch_size``, ``lr``, ``generator``, ``ema``, ``progress``,
+        ``callback``, ...); ``distributed`` and ``draws`` are refused (``TypeError``).
+
+    Returns
+    -------
+    ConsistencyFit
+        The losses, the model, the optional sampling EMA, the target network of ``"ct"`` and N(k).
+    """
+    if not isinstance(model, ConsistencyModel):
+        raise TypeError(f"model must be a ConsistencyModel, got {type(model).__name__}")
+    if method not in ("ct", "ict"):
+        raise ValueError(f"method must be 'ct' or 'ict', got {method!r}")
+    for key in ("distributed", "draws"):
+        if key in train_options:
+            raise TypeError(f"fit_consistency trains on one process and draws its own noise: do not pass {key}")
+    if method == "ict" and mu0 is not None:
+        raise ValueError("mu0 is the target decay of method='ct'; the improved recipe has no target EMA")
+    if method == "ct" and (c is not None or p_mean is not None or p_std is not None):
+        raise ValueError("c, p_mean and p_std belong to method='ict'")
+    mu0 = 0.9 if mu0 is None else mu0
+    p_mean = -1.1 if p_mean is None else p_mean
+    p_std = 2.0 if p_std is None else p_std
+    steps = positive_int(steps, "steps")
+    s0 = (2 if method == "ct" else 10) if s0 is None else s0
+    s1 = (150 if method == "ct" else 1280) if s1 is None else s1
+    schedule = ct_discretisation if method == "ct" else ict_discretisation
+    schedule(0, steps, s0, s1)  # checks s0 and s1 before any training
+    if method == "ct":
+        ct_ema_decay(2, s0, mu0)
+    objective = _CTObjective(model, steps, method, s0, s1, mu0, rho, c, p_mean, p_std)
+    user_callback = train_options.pop("callback", None)
+    if user_callback is not None and not callable(user_callback):
+        raise TypeError("callback must be callable(step, model, loss)")
+
+    def callback(step, trained, value):
+        objective.after_step(trained)
+        if user_callback is not None:
+            user_callback(step, trained, value)
+
+    result = train(model, objective, sample(x0, "x0"), steps=steps, callback=callback, distributed=False,
+                   **train_options)
+    return ConsistencyFit(result.losses, result.model, result.ema_model, objective.target, objective.n_points)
 
 
 def consistency_sample(model: ConsistencyModel, x, times=None, *, generator: torch.Generator | None = None,

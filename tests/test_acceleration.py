@@ -8,7 +8,7 @@ import torch
 from diffnotes import acceleration as acc
 from diffnotes.networks import ScoreMLP
 from diffnotes.samplers import exponential_multistep, time_grid
-from diffnotes.sde import ConstantVP
+from diffnotes.sde import ConstantVP, DiscreteVP
 from diffnotes.targets import Gaussian, SubspaceMixture, orthonormal_basis, ring_mixture
 
 SIGMA = torch.tensor([[0.5, 0.2], [0.2, 0.3]], dtype=torch.float64)
@@ -223,3 +223,204 @@ def test_bad_inputs_raise():
         acc.latent_target(wrong, target)
     with pytest.raises(ValueError):
         acc.latent_sample(wrong, lambda z, t: -z, (3, 5), time_grid(ConstantVP(), 1e-3, 5))
+
+
+# -- consistency training -------------------------------------------------------------------------------------------
+class _Fixed(acc.ConsistencyModel):
+    """A consistency model whose f is a given function f(x, t) (no network)."""
+
+    def __init__(self, fn, sde, t0):
+        super().__init__(lambda x, t: x, sde, t0)
+        self.fn = fn
+
+    def forward(self, x, t):
+        t = torch.as_tensor(t, dtype=torch.float64)
+        return self.fn(x, t.expand(x.shape[0]) if t.ndim == 0 else t)
+
+
+def _gaussian_consistency_function(sde, t0, mean, cov):
+    """The probability-flow map from t to t0 of N(mean, cov) data: affine, diagonal in the eigenbasis of cov,
+    f(x, t) = alpha(t0) m + U diag(sqrt(c_i(t0) / c_i(t))) U^T (x - alpha(t) m), c_i(t) = alpha^2 lambda_i + h."""
+    lam, U = torch.linalg.eigh(cov)
+    t0_ = torch.tensor(t0, dtype=torch.float64)
+
+    def gain(t):  # (n, D): sqrt(c_i(t0) / c_i(t))
+        c = lambda s: sde.alpha(s)[:, None] ** 2 * lam + sde.h(s)[:, None]  # noqa: E731
+        return torch.sqrt(c(t0_.reshape(1)) / c(t))
+
+    def f(x, t):
+        y = (x - sde.alpha(t)[:, None] * mean) @ U
+        return sde.alpha(t0_) * mean + (gain(t) * y) @ U.T
+
+    return f, gain, lam
+
+
+def test_ct_loss_is_zero_for_a_point_mass():
+    """For data at one point m the pair (x_{t_{n+1}}, x_{t_n}) with the same z lies on one ODE path, so the exact
+    consistency function f(x, t) = alpha(t0) m + sqrt(h(t0)/h(t)) (x - alpha(t) m) has zero CT loss, for every
+    metric and weighting."""
+    sde = DiscreteVP.ddpm()
+    t0 = 1e-3
+    m = torch.tensor([1.5, -0.5], dtype=torch.float64)
+
+    def f(x, t):
+        a, h = sde.alpha(t)[:, None], sde.h(t)[:, None]
+        return float(sde.alpha(t0)) * m + torch.sqrt(float(sde.h(t0)) / h) * (x - a * m)
+
+    model = _Fixed(f, sde, t0)
+    g = torch.Generator().manual_seed(6)
+    grid = acc.karras_grid(sde, t0, 30)
+    x0 = m.expand(400, 2).clone()
+    for options in ({}, {"metric": "pseudo_huber", "weighting": "inverse_gap"}):
+        per = acc.consistency_training_loss(model, x0, times=grid, generator=g, reduction="none", **options)
+        assert per.shape == (400,) and float(per.max()) < 1e-20
+
+
+def test_ct_loss_of_the_exact_map_of_a_gaussian_is_its_closed_form_bias():
+    """For N(m, Sigma) data the exact consistency function is affine (gain mu_i(t) per eigen-direction) and its CT loss
+    on the interval [t_n, t_{n+1}] is, with the shared z,
+
+        sum_i (alpha_hi mu_hi - alpha_lo mu_lo)^2 lambda_i + (sqrt(h_hi) mu_hi - sqrt(h_lo) mu_lo)^2 > 0,
+
+    not zero: the one-sample estimate z of E[z | y] makes the pair leave the ODE path.  Monte Carlo within 5 standard
+    errors; the bias falls like the square of the interval."""
+    sde = ConstantVP(T=5.0)
+    t0 = 1e-3
+    f, gain, lam = _gaussian_consistency_function(sde, t0, MEAN, SIGMA)
+    model = _Fixed(f, sde, t0)
+    target = gaussian(sde)
+    g = torch.Generator().manual_seed(7)
+    grid = acc.karras_grid(sde, t0, 12)
+    nsamp = 100_000
+    closed = []
+    for j in (3, 8):  # interval [t_j, t_{j+1}]
+        onehot = torch.zeros(11, dtype=torch.float64)
+        onehot[j] = 1
+        per = acc.consistency_training_loss(model, target.sample(nsamp, g), times=grid, interval_probabilities=onehot,
+                                            generator=g, reduction="none")
+        lo, hi = grid[j : j + 1], grid[j + 1 : j + 2]
+        mu_lo, mu_hi = gain(lo)[0], gain(hi)[0]
+        a_lo, a_hi, s_lo, s_hi = sde.alpha(lo), sde.alpha(hi), sde.sigma(lo), sde.sigma(hi)
+        theory = float(((a_hi * mu_hi - a_lo * mu_lo) ** 2 * lam + (s_hi * mu_hi - s_lo * mu_lo) ** 2).sum())
+        assert theory > 1e-4
+        assert abs(float(per.mean()) - theory) < 5 * float(per.std()) / math.sqrt(nsamp)
+        closed.append(theory)
+    # the bias is of second order in the interval: halving a short one quarters it
+    def bias(lo, sig_hi):
+        hi = sde.inverse_integral(torch.log1p(sig_hi**2)).reshape(1)
+        mu_lo, mu_hi = gain(lo)[0], gain(hi)[0]
+        return float(((sde.alpha(hi) * mu_hi - sde.alpha(lo) * mu_lo) ** 2 * lam
+                      + (sde.sigma(hi) * mu_hi - sde.sigma(lo) * mu_lo) ** 2).sum())
+
+    sig8 = acc.noise_level(sde, grid[8])
+    assert 0.24 < bias(grid[8:9], sig8 * 1.0005) / bias(grid[8:9], sig8 * 1.001) < 0.26
+
+
+def test_discretisation_schedules_by_hand():
+    # Song et al. 2023: N(k) = ceil(sqrt(k/K ((s1+1)^2 - s0^2) + s0^2) - 1) + 1, s0 = 2, s1 = 150
+    assert acc.ct_discretisation(0, 1500) == 2
+    assert acc.ct_discretisation(750, 1500) == 107  # sqrt(0.5 * 22797 + 4) = 106.78 -> ceil(105.78) + 1
+    assert acc.ct_discretisation(15, 1500) == 16  # sqrt(0.01 * 22797 + 4) = 15.23 -> ceil(14.23) + 1
+    assert acc.ct_discretisation(1500, 1500) == 151
+    # Song & Dhariwal: K' = floor(1500 / (log2(128) + 1)) = 187; 11, 21, ..., 641, then 1281
+    assert [acc.ict_discretisation(k, 1500) for k in (0, 186, 187, 374, 1308, 1309, 1499)] == [
+        11, 11, 21, 41, 641, 1281, 1281]
+    assert acc.ict_discretisation(49_999, 400_000) == 11 and acc.ict_discretisation(50_000, 400_000) == 21
+    assert acc.ict_discretisation(3, 4) == 81  # K' is at least 1
+    assert acc.ct_ema_decay(2) == pytest.approx(0.9, abs=1e-15)
+    assert acc.ct_ema_decay(151) == pytest.approx(math.exp(2 * math.log(0.9) / 151), abs=1e-15)
+    assert acc.ct_ema_decay(10, mu0=0.0) == 0.0
+    for bad in (lambda: acc.ct_discretisation(5, 4), lambda: acc.ct_discretisation(0, 10, s0=1),
+                lambda: acc.ict_discretisation(0, 10, s0=20, s1=10), lambda: acc.ct_ema_decay(2, mu0=1.0)):
+        with pytest.raises(ValueError):
+            bad()
+
+
+def test_karras_grid_is_uniform_in_sigma_to_the_one_over_rho():
+    for sde in (ConstantVP(T=5.0), DiscreteVP.ddpm()):
+        t0 = 1e-3
+        times = acc.karras_grid(sde, t0, 9)
+        assert times[0] == t0 and times[-1] == sde.T and torch.all(times[1:] > times[:-1])
+        root = acc.noise_level(sde, times) ** (1 / 7)
+        assert torch.allclose(root[1:] - root[:-1], (root[-1] - root[0]).expand(8) / 8, rtol=1e-9, atol=0)
+        assert torch.allclose(acc.noise_level(sde, times) ** 2, sde.h(times) / sde.alpha(times) ** 2, rtol=1e-10)
+    with pytest.raises(ValueError):
+        acc.karras_grid(ConstantVP(), 1e-3, 1)
+
+
+def test_pseudo_huber_limits():
+    g = torch.Generator().manual_seed(8)
+    x, y = torch.randn(50, 3, generator=g, dtype=torch.float64), torch.randn(50, 3, generator=g, dtype=torch.float64)
+    d = (x - y).norm(dim=1)
+    c = 0.3
+    assert torch.allclose(acc.pseudo_huber(x, y, c), torch.sqrt(d**2 + c**2) - c, rtol=1e-12)
+    assert torch.allclose(acc.pseudo_huber(x, y, 1e-9), d - 1e-9, rtol=1e-12)  # a norm for c -> 0
+    assert torch.allclose(acc.pseudo_huber(x, y, 1e6), d**2 / 2e6, rtol=1e-9)  # a scaled square for large c
+    tiny = x + 1e-12
+    assert torch.allclose(acc.pseudo_huber(x, tiny, 1.0), 3e-24 / 2 * torch.ones(50, dtype=torch.float64),
+                          rtol=1e-3)  # no cancellation
+    assert torch.equal(acc.pseudo_huber(x, x, c), torch.zeros(50, dtype=torch.float64))
+    with pytest.raises(ValueError):
+        acc.pseudo_huber(x, y, 0.0)
+
+
+def test_lognormal_interval_probabilities():
+    sde = DiscreteVP.ddpm()
+    times = acc.karras_grid(sde, 1e-3, 41)
+    p = acc.lognormal_interval_probabilities(times, sde)
+    assert p.shape == (40,) and abs(float(p.sum()) - 1) < 1e-12 and torch.all(p >= 0)
+    sig = acc.noise_level(sde, times)
+    Phi = lambda s: 0.5 * (1 + torch.erf((torch.log(s) + 1.1) / (2.0 * math.sqrt(2))))  # noqa: E731
+    raw = Phi(sig[1:]) - Phi(sig[:-1])
+    assert torch.allclose(p, raw / raw.sum(), rtol=1e-10, atol=1e-15)
+    mode = int(torch.argmax(p / (torch.log(sig[1:]) - torch.log(sig[:-1]))))  # density in log sigma peaks at P_mean
+    assert abs(float(torch.log(sig[mode])) + 1.1) < 0.5
+
+
+def test_fit_consistency_target_ema_and_schedules():
+    sde = ConstantVP(T=5.0)
+    target = ring_mixture(4, 2.0, 0.3, sde=sde)
+    g = torch.Generator().manual_seed(9)
+    x0 = target.sample(256, g)
+    model = acc.ConsistencyModel(ScoreMLP(2, hidden=16, depth=1, generator=g), sde, t0=1e-3)
+    start = [p.detach().clone() for p in model.parameters()]
+    fit = acc.fit_consistency(model, x0, steps=1, method="ct", lr=1e-2, batch_size=64, generator=g, progress=False)
+    mu = acc.ct_ema_decay(2)  # N(0) = 2
+    for p0, p1, pt in zip(start, model.parameters(), fit.target_model.parameters(), strict=True):
+        assert not torch.equal(p0, p1)
+        assert torch.allclose(pt, mu * p0 + (1 - mu) * p1.detach(), rtol=1e-6, atol=1e-7)
+    assert list(fit.discretisation) == [2]
+    losses, model2, ema = fit  # unpacks as a TrainResult
+    assert model2 is model and ema is None and losses.shape == (1,)
+    steps = []
+    fit = acc.fit_consistency(model, x0, steps=40, method="ict", lr=1e-3, batch_size=64, generator=g, progress=False,
+                              callback=lambda k, m, v: steps.append(k))
+    assert fit.target_model is None and steps == list(range(1, 41))
+    assert list(fit.discretisation) == [acc.ict_discretisation(k, 40) for k in range(40)]
+    fit = acc.fit_consistency(model, x0, steps=30, method="ct", batch_size=64, generator=g, progress=False)
+    assert list(fit.discretisation) == [acc.ct_discretisation(k, 30) for k in range(30)]
+
+
+def test_consistency_training_bad_inputs():
+    sde = ConstantVP(T=5.0)
+    model = acc.ConsistencyModel(ScoreMLP(2, hidden=8, depth=1), sde, t0=1e-3)
+    x = torch.randn(8, 2, dtype=torch.float64)
+    grid = acc.karras_grid(sde, 1e-3, 5)
+    for kwargs in ({"metric": "lpips"}, {"weighting": "snr"}, {"c": 0.1},
+                   {"interval_probabilities": torch.ones(3)}, {"interval_probabilities": -torch.ones(4)}):
+        with pytest.raises(ValueError):
+            acc.consistency_training_loss(model, x, times=grid, **kwargs)
+    with pytest.raises(ValueError):
+        acc.consistency_training_loss(model, x, times=grid[1:])  # does not start at t0
+    with pytest.raises(TypeError):
+        acc.consistency_training_loss(lambda x, t: x, x, times=grid)
+    with pytest.raises(ValueError):
+        acc.fit_consistency(model, x, steps=2, method="lcm")
+    with pytest.raises(ValueError):
+        acc.fit_consistency(model, x, steps=2, method="ict", mu0=0.5)
+    with pytest.raises(ValueError):
+        acc.fit_consistency(model, x, steps=2, method="ct", c=0.1)
+    with pytest.raises(TypeError):
+        acc.fit_consistency(model, x, steps=2, distributed=True)
+    with pytest.raises(ValueError):
+        acc.lognormal_interval_probabilities(torch.flip(grid, [0]), sde)
