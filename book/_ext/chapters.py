@@ -66,6 +66,16 @@ def read_chapter(path: Path):
     )
 
 
+def code_cells(text: str) -> list[str]:
+    """The code of each code cell of a MyST chapter, as the book's reader sees it (cell options removed, whether
+    written as ``:key: value`` lines or as a YAML block)."""
+    from myst_nb.core.read import read_myst_markdown_notebook
+    from myst_parser.config.main import MdParserConfig
+
+    notebook = read_myst_markdown_notebook(text, config=MdParserConfig())
+    return [cell.source for cell in notebook.cells if cell.cell_type == "code"]
+
+
 def docname(path: Path) -> str:
     """The Sphinx docname of a chapter (or of its converted notebook): ``book/part2/samplers``."""
     path = Path(path).resolve()
