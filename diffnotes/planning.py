@@ -647,14 +647,17 @@ def _unconditional(cond_score, x, t):
 def fit_decision_diffuser(data: TrajectoryData, *, sde: VPSDE | None = None, t0: float = 1e-3,
                           p_uncond: float = 0.25, prediction: str = "x0", steps: int = 2000, batch_size: int = 256,
                           lr: float = 2e-3, hidden: int = 128, depth: int = 3, ema: float | None = 0.99,
-                          lr_schedule: str | None = "cosine", generator=None,
+                          lr_schedule: str | None = "cosine", normalization: str = "max", generator=None,
                           progress: bool = False) -> DecisionDiffuser:
     r"""Train a :class:`TrajectoryScoreMLP` by :func:`trajectory_dsm_loss` and fit the :class:`InverseDynamics`.
 
-    The trajectories are flattened and divided by the largest absolute state of the data (``scale``); the returns
-    are fed to the network divided by their largest absolute value.  Training is :func:`diffnotes.training.train`
-    (Adam, EMA of the weights, whose average is the planner's network when ``ema`` is given).  Book chapter
-    *Planning with diffusion*; :cite:p:`ajay2023conditional`.
+    The trajectories are flattened and divided by one number, ``scale``: the largest absolute state of the data
+    (``normalization="max"``), or the root mean square of all their coordinates (``"rms"``), so that the network
+    sees data of unit second moment, the scale the noise schedules of :mod:`diffnotes.sde` are made for.  One number
+    for every coordinate keeps the geometry of a trajectory (its direction, the proportions of its steps).  The
+    returns are fed to the network divided by their largest absolute value.  Training is
+    :func:`diffnotes.training.train` (Adam, EMA of the weights, whose average is the planner's network when ``ema``
+    is given).  Book chapter *Planning with diffusion*; :cite:p:`ajay2023conditional`.
 
     Parameters
     ----------
@@ -672,6 +675,8 @@ def fit_decision_diffuser(data: TrajectoryData, *, sde: VPSDE | None = None, t0:
         as in Diffuser :cite:p:`janner2022planning` (default), or the noise, trained by the usual :math:`w = h`.
     steps, batch_size, lr, ema, lr_schedule
         As in :func:`diffnotes.training.train`.
+    normalization : {"max", "rms"}
+        How the trajectories are scaled for the network (see above).
     hidden, depth
         Of the network.
     generator : int, torch.Generator or numpy.random.Generator, optional
@@ -688,7 +693,12 @@ def fit_decision_diffuser(data: TrajectoryData, *, sde: VPSDE | None = None, t0:
     states = _states(data.states, "data.states").to(torch.float64)
     n, L, d = states.shape
     returns = _returns(data.returns, n, "data.returns")
-    scale = float(states.abs().max())
+    if normalization == "max":
+        scale = float(states.abs().max())
+    elif normalization == "rms":
+        scale = float(states.pow(2).mean().sqrt())
+    else:
+        raise ValueError(f"normalization must be 'max' or 'rms', got {normalization!r}")
     net = TrajectoryScoreMLP(L - 1, d, hidden, depth, return_scale=float(returns.abs().max().clamp_min(1e-12)),
                              generator=gen)
     if prediction not in ("x0", "eps"):

@@ -278,3 +278,17 @@ def test_fit_and_plan_and_execute_end_to_end(data):
         P.fit_decision_diffuser(data.states, steps=1)
     with pytest.raises(ValueError, match="prediction"):
         P.fit_decision_diffuser(data, steps=1, prediction="v")
+
+
+# -- the trajectory normalisation ------------------------------------------------------------------------------------
+def test_rms_normalization_gives_the_data_unit_second_moment(data):
+    planner = P.fit_decision_diffuser(data, steps=3, hidden=16, depth=1, batch_size=32, normalization="rms",
+                                      generator=0)
+    assert isinstance(planner.scale, float)
+    assert float((data.states / planner.scale).pow(2).mean()) == pytest.approx(1.0, rel=1e-12)
+    r = P.plan_and_execute(planner, [0.3, 0.9], 2, seed=1, generator=0, n_steps=4)
+    assert np.array_equal(r.plans[:, 0], r.start) and np.isfinite(r.plans).all()
+    default = P.fit_decision_diffuser(data, steps=1, hidden=8, depth=1, generator=0)
+    assert default.scale == float(data.states.abs().max())
+    with pytest.raises(ValueError, match="normalization"):
+        P.fit_decision_diffuser(data, steps=1, normalization="minmax")
