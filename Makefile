@@ -126,7 +126,8 @@ book: $(STAMP) $(EXEC_STAMP)
 	@echo "The book is in _build/html/index.html"
 
 # Headless Chromium (Debian's chromium) opens pages of the built book: math typeset by the bundled MathJax, every
-# image loaded, every local link resolving, no console error; screenshots in _build/screenshots. Run after make book.
+# image loaded, every local link resolving, no console error; screenshots in _build/screenshots. Every built page and
+# download is also parsed (tests/site/test_pages.py: captions, line widths, downloads that run). Run after make book.
 site-test: $(STAMP)
 	@test -f _build/html/index.html || { echo "site-test: build the book first (make book)" >&2; exit 1; }
 	python -m pytest -p no:cacheprovider -q tests/site
