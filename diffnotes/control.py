@@ -18,8 +18,10 @@ holds the pieces of a small but complete version of both:
   of the observation, with the residual covariance: it predicts the conditional *mean*, which averages the two modes;
 * :func:`rollout`, closed-loop evaluation in the environment (success and collision rates over seeded episodes) with
   receding-horizon execution of action chunks;
-* :class:`BimodalBandit`, :func:`ddpm_chain` (a differentiable reverse chain), :func:`diffusion_ql_loss` and
-  :func:`fit_diffusion_ql`: Diffusion-QL on a contextual bandit with a two-mode behaviour policy and its exact Q.
+* :class:`BimodalBandit`, :func:`ddpm_chain` (a differentiable reverse chain, optionally clipped to the action
+  box), :func:`diffusion_ql_loss`, :func:`fit_diffusion_ql` and :class:`DiffusionQLPolicy`: Diffusion-QL on a
+  contextual bandit with a two-mode behaviour policy inside the action box, its exact Q and the exact law of its
+  behaviour (for the comparison of a cloned policy with it).
 
 Conventions are the package's (``diffnotes``): the conditional score has the form ``score(a, s, t)``; every
 function that draws takes ``generator=``.
@@ -27,6 +29,7 @@ function that draws takes ``generator=``.
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 from collections.abc import Callable
@@ -42,7 +45,7 @@ from . import _checks
 from .losses import dsm_loss
 from .networks import SinusoidalEmbedding, as_score, seeded
 from .samplers import _check_times, _ddpm_update, _Loop, ddpm, time_grid
-from .sde import VPSDE, ConstantVP
+from .sde import VPSDE, LinearVP
 from .training import train
 
 __all__ = [
@@ -61,6 +64,7 @@ __all__ = [
     "BimodalBandit",
     "ddpm_chain",
     "diffusion_ql_loss",
+    "DiffusionQLPolicy",
     "fit_diffusion_ql",
 ]
 
@@ -712,32 +716,66 @@ def rollout(policy: Callable, n_episodes: int, *, chunk: int = 1, execute: int |
 
 
 # -- Diffusion-QL on a contextual bandit -----------------------------------------------------------------------
+def _log_mass(upper: torch.Tensor, lower: torch.Tensor) -> torch.Tensor:
+    r""":math:`\log(\Phi(u) - \Phi(l))` for :math:`l < u`, stable in both tails (Gaussian mass of an interval)."""
+    flip = (upper + lower) > 0  # for an interval on the right, use the mirror one on the left (same mass)
+    u, lo = torch.where(flip, -lower, upper), torch.where(flip, -upper, lower)
+    log_u, log_l = torch.special.log_ndtr(u), torch.special.log_ndtr(lo)
+    return log_u + torch.log1p(-torch.exp(log_l - log_u))
+
+
 class BimodalBandit:
-    r"""A contextual bandit with a two-mode behaviour policy and an exact Q-function.
+    r"""A contextual bandit with a two-mode behaviour policy inside the action box and an exact Q-function.
 
     Contexts :math:`s \sim \mathsf U[-1, 1]`; the behaviour policy ignores the context and plays
-    :math:`a \sim \tfrac12\mathsf N(-1, \sigma_b^2) + \tfrac12\mathsf N(+1, \sigma_b^2)`; the reward is
+    :math:`a \sim \tfrac12\,\mathsf{TN}(-\mu, \sigma_b^2) + \tfrac12\,\mathsf{TN}(+\mu, \sigma_b^2)`, where
+    :math:`\mathsf{TN}(m, \sigma_b^2)` is the normal law :math:`\mathsf N(m, \sigma_b^2)` truncated to the action box
+    :math:`[-b, b]` (so every logged action is a valid action, as in offline-RL data sets); the reward is
     :math:`r = s\,a + \xi`, :math:`\xi \sim \mathsf N(0, \sigma_r^2)`, so that the exact Q-function is
-    :math:`Q(s, a) = s\,a`.  The better of the two behaviour modes is :math:`\operatorname{sign}(s)`, worth
-    :math:`|s|` on average (:math:`\mathbb E|s| = 1/2`), while behaviour cloning earns 0 on average; an unconstrained
-    maximiser of Q would leave the data (:math:`|a| \to \infty`).  A faithful small version of the offline-RL
-    setting of Diffusion-QL :cite:p:`wang2023diffusion` (review Section 3.2; book chapter *Control and reinforcement
-    learning*).
+    :math:`Q(s, a) = s\,a`.  With the defaults (:math:`\mu = 0.7`, :math:`\sigma_b = 0.1`, :math:`b = 1`) the box
+    edge lies :math:`3\sigma_b` beyond each mode's centre and the truncation removes 0.13 % of the mode's mass.  The
+    better of the two modes is :math:`\operatorname{sign}(s)`, worth :math:`|s|\,\bar a` on average with
+    :math:`\bar a` the mean of the positive mode (:attr:`mode_mean`), while behaviour cloning earns 0 on average;
+    the maximiser of Q over the box, :math:`a = b\,\operatorname{sign}(s)`, lies at the edge of the logged support.
+    The behaviour law is known in closed form (:meth:`behaviour_cdf`, :meth:`behaviour_sample`, and
+    :meth:`noised_score`, the exact score of the noised law), so that a cloned policy can be compared with it
+    exactly.  A small version of the offline-RL setting of Diffusion-QL :cite:p:`wang2023diffusion` (review
+    Section 3.2; book chapter *Control and reinforcement learning*).
 
     Parameters
     ----------
+    mode : float
+        The modes' centre :math:`\mu`, with :math:`0 < \mu < b`.
     sigma_b : float
-        Width of each behaviour mode, > 0.
+        Width :math:`\sigma_b > 0` of each behaviour mode (before truncation).
     sigma_r : float
         Reward noise, >= 0.
+    bound : float
+        Half-width :math:`b` of the action box :math:`[-b, b]`, finite.
     """
 
-    def __init__(self, sigma_b: float = 0.15, sigma_r: float = 0.1):
-        self.sigma_b, self.sigma_r = float(sigma_b), float(sigma_r)
+    def __init__(self, mode: float = 0.7, sigma_b: float = 0.1, sigma_r: float = 0.1, bound: float = 1.0):
+        self.mode, self.sigma_b, self.sigma_r, self.bound = float(mode), float(sigma_b), float(sigma_r), float(bound)
         if not (math.isfinite(self.sigma_b) and self.sigma_b > 0):
             raise ValueError(f"sigma_b must be > 0, got {sigma_b!r}")
         if not (math.isfinite(self.sigma_r) and self.sigma_r >= 0):
             raise ValueError(f"sigma_r must be >= 0, got {sigma_r!r}")
+        if not (math.isfinite(self.bound) and 0 < self.mode < self.bound):
+            raise ValueError(f"need 0 < mode < bound < inf, got mode={mode!r}, bound={bound!r}")
+        # standardised ends of the positive mode's truncation interval, and the mode's mass inside the box
+        self._lo = (-self.bound - self.mode) / self.sigma_b
+        self._hi = (self.bound - self.mode) / self.sigma_b
+        self._phi_lo, self._phi_hi = (float(torch.special.ndtr(torch.tensor(v, dtype=torch.float64)))
+                                      for v in (self._lo, self._hi))
+
+    @property
+    def mode_mean(self) -> float:
+        r"""The mean :math:`\bar a = \mu + \sigma_b\,(\varphi(\ell) - \varphi(u))/(\Phi(u) - \Phi(\ell))` of the
+        positive (truncated) mode, with :math:`\ell, u` the standardised ends of the box."""
+        def pdf(z):
+            return math.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
+
+        return self.mode + self.sigma_b * (pdf(self._lo) - pdf(self._hi)) / (self._phi_hi - self._phi_lo)
 
     def q(self, s: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
         """The exact Q-function :math:`Q(s, a) = s a` for contexts (n, 1) and actions (n, 1), shape (n,).
@@ -755,6 +793,59 @@ class BimodalBandit:
             raise ValueError(f"s and a must have the same number of rows, got {s.shape[0]} and {a.shape[0]}")
         return (s * a).reshape(-1)
 
+    def behaviour_sample(self, n: int, *, generator=None) -> torch.Tensor:
+        r"""Exact draws of the behaviour policy, shape (n, 1), float64: a fair sign times a draw of the positive mode
+        by inversion, :math:`\mu + \sigma_b\,\Phi^{-1}\big(\Phi(\ell) + U\,(\Phi(u) - \Phi(\ell))\big)`.
+
+        Parameters
+        ----------
+        n : int
+            Number of draws, a positive integer.
+        generator : int, torch.Generator or numpy.random.Generator, optional
+            Source of the signs and of the uniforms.
+        """
+        n = _checks.positive_int(n, "n")
+        gen = _checks.generator(generator)
+        sign = torch.where(torch.rand(n, 1, generator=gen, dtype=torch.float64) < 0.5, -1.0, 1.0)
+        u = self._phi_lo + (self._phi_hi - self._phi_lo) * torch.rand(n, 1, generator=gen, dtype=torch.float64)
+        a = (self.mode + self.sigma_b * torch.special.ndtri(u)).clamp(-self.bound, self.bound)  # round-off only
+        return sign * a
+
+    def behaviour_cdf(self, a) -> np.ndarray:
+        r"""The behaviour policy's CDF :math:`F(a) = \tfrac12\big(F_+(a) + 1 - F_+(-a)\big)` at the points ``a``, with
+        :math:`F_+` the CDF of the positive truncated mode; returns a numpy array shaped like ``a``.
+
+        Parameters
+        ----------
+        a : array_like
+            Points (any shape).
+        """
+        x = torch.as_tensor(np.asarray(a, dtype=np.float64))
+
+        def f_plus(y):
+            z = ((y.clamp(-self.bound, self.bound) - self.mode) / self.sigma_b)
+            return (torch.special.ndtr(z) - self._phi_lo) / (self._phi_hi - self._phi_lo)
+
+        return (0.5 * (f_plus(x) + 1 - f_plus(-x))).clamp(0.0, 1.0).numpy()
+
+    def behaviour_pdf(self, a) -> np.ndarray:
+        r"""The behaviour policy's density :math:`\tfrac12\big(f_+(a) + f_+(-a)\big)`, with
+        :math:`f_+(a) = \varphi((a - \mu)/\sigma_b)/(\sigma_b(\Phi(u) - \Phi(\ell)))` on the box and 0 outside;
+        returns a numpy array shaped like ``a``.
+
+        Parameters
+        ----------
+        a : array_like
+            Points (any shape).
+        """
+        x = np.asarray(a, dtype=np.float64)
+        z = (self.sigma_b * (self._phi_hi - self._phi_lo) * math.sqrt(2 * math.pi))
+
+        def f_plus(y):
+            return np.exp(-0.5 * ((y - self.mode) / self.sigma_b) ** 2) / z
+
+        return np.where(np.abs(x) <= self.bound, 0.5 * (f_plus(x) + f_plus(-x)), 0.0)
+
     def dataset(self, n: int, *, generator=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Logged data ``(s, a, r)`` of the behaviour policy: shapes (n, 1), (n, 1), (n,), float64.
 
@@ -768,14 +859,13 @@ class BimodalBandit:
         n = _checks.positive_int(n, "n")
         gen = _checks.generator(generator)
         s = 2 * torch.rand(n, 1, generator=gen, dtype=torch.float64) - 1
-        mode = torch.where(torch.rand(n, 1, generator=gen, dtype=torch.float64) < 0.5, -1.0, 1.0)
-        a = mode + self.sigma_b * torch.randn(n, 1, generator=gen, dtype=torch.float64)
+        a = self.behaviour_sample(n, generator=gen)
         r = self.q(s, a) + self.sigma_r * torch.randn(n, generator=gen, dtype=torch.float64)
         return s, a, r
 
     def in_support(self, a: torch.Tensor, width: float = 3.0) -> torch.Tensor:
-        r"""Whether each action lies within ``width`` behaviour standard deviations of a mode, :math:`||a| - 1| \le
-        \text{width}\,\sigma_b`; shape (n,).
+        r"""Whether each action lies in the box and within ``width`` behaviour standard deviations of a mode,
+        :math:`|a| \le b` and :math:`||a| - \mu| \le \text{width}\,\sigma_b` (up to round-off); shape (n,).
 
         Parameters
         ----------
@@ -784,12 +874,100 @@ class BimodalBandit:
         width : float
             The half-width in behaviour standard deviations (default 3).
         """
-        a = _checks.points(a, "a", 1)
-        return ((a.abs() - 1).abs() <= float(width) * self.sigma_b).reshape(-1)
+        a = _checks.points(a, "a", 1).abs()
+        slack = 1e-9 * self.bound
+        return ((a <= self.bound + slack) & ((a - self.mode).abs() <= float(width) * self.sigma_b + slack)).reshape(-1)
+
+    def wasserstein(self, a) -> float:
+        r"""The 1-Wasserstein distance between the empirical law of the actions ``a`` (n, 1) and the behaviour law,
+        :math:`\int|F_n - F|`, by :func:`diffnotes.metrics.wasserstein_1d_to_cdf` on a grid of step
+        :math:`10^{-4}\,b` over the box (widened to hold every action).
+
+        Parameters
+        ----------
+        a : array_like or torch.Tensor
+            Actions, shape (n, 1) or (n,).
+        """
+        from .metrics import wasserstein_1d_to_cdf
+
+        x = np.asarray(torch.as_tensor(a).detach().to(torch.float64).reshape(-1).cpu())
+        if x.size == 0 or not np.all(np.isfinite(x)):
+            raise ValueError("a must hold at least one finite action")
+        lo, hi = min(-self.bound, float(x.min())), max(self.bound, float(x.max()))
+        grid = np.linspace(lo, hi, int(math.ceil((hi - lo) / (1e-4 * self.bound))) + 1)
+        return wasserstein_1d_to_cdf(x, self.behaviour_cdf, grid)
+
+    def wasserstein_floor(self, n: int, reps: int = 200, *, generator=None) -> np.ndarray:
+        r"""The Monte Carlo law of :meth:`wasserstein` for n *exact* draws: ``reps`` replicate distances (numpy array).
+
+        A cloned policy evaluated on n actions cannot be expected to come closer to the behaviour law than n exact
+        draws do; a quantile of these replicates (e.g. 97.5 %) is the tolerance of such a comparison.
+
+        Parameters
+        ----------
+        n : int
+            Draws per replicate.
+        reps : int
+            Number of replicates.
+        generator : int, torch.Generator or numpy.random.Generator, optional
+            Source of the draws.
+        """
+        n, reps = _checks.positive_int(n, "n"), _checks.positive_int(reps, "reps")
+        gen = _checks.generator(generator)
+        return np.array([self.wasserstein(self.behaviour_sample(n, generator=gen)) for _ in range(reps)])
+
+    def noised_score(self, sde: VPSDE) -> Callable:
+        r"""The exact score :math:`\nabla_a\log p_t(a)` of the behaviour law noised by ``sde``, as ``score(a, t)``.
+
+        With :math:`a_t = \alpha a_0 + \sqrt h\,\varepsilon`, each truncated mode gives the closed form
+
+        .. math::
+
+            p_t^{\pm}(x) = \frac{\mathsf N(x; \pm\alpha\mu, \alpha^2\sigma_b^2 + h)}{\Phi(u) - \Phi(\ell)}\,
+            \big(\Phi(\tfrac{b - m}{v}) - \Phi(\tfrac{-b - m}{v})\big),\qquad
+            v^2 = \Big(\frac{1}{\sigma_b^2} + \frac{\alpha^2}{h}\Big)^{-1},\quad
+            m = v^2\Big(\frac{\pm\mu}{\sigma_b^2} + \frac{\alpha x}{h}\Big),
+
+        the last factor being the probability of the box under the Gaussian posterior of :math:`a_0` given
+        :math:`x`; :math:`p_t = \frac12(p_t^+ + p_t^-)`, and the score is the gradient of its logarithm (by
+        automatic differentiation, in float64).  It is the score a perfect network would learn, which separates
+        the error of a sampler from that of training (book chapter *Control and reinforcement learning*).
+
+        Parameters
+        ----------
+        sde : VPSDE
+            The forward process.
+
+        Returns
+        -------
+        callable
+            ``score(a, t)`` for actions (n, 1) and one time or one per row; returns (n, 1) in the dtype of ``a``.
+        """
+        sde = _checks.sde_or_default(sde, default=False)
+        mu, sig, b = self.mode, self.sigma_b, self.bound
+
+        def score(a: torch.Tensor, t) -> torch.Tensor:
+            a = _checks.points(a, "a", 1)
+            t = _checks.time_rows(t, a.shape[0], a.to(torch.float64)).reshape(-1, 1)
+            alpha, h = sde.alpha(t), sde.h(t)
+            with torch.enable_grad():
+                x = a.detach().to(torch.float64).requires_grad_(True)
+                var = alpha**2 * sig**2 + h
+                v2 = 1.0 / (1.0 / sig**2 + alpha**2 / h)
+                logs = []
+                for c in (mu, -mu):
+                    m = v2 * (c / sig**2 + alpha * x / h)
+                    v = torch.sqrt(v2)
+                    logs.append(-0.5 * (x - alpha * c) ** 2 / var + _log_mass((b - m) / v, (-b - m) / v))
+                logp = torch.logsumexp(torch.cat(logs, dim=1), dim=1)
+                (grad,) = torch.autograd.grad(logp.sum(), x)
+            return grad.to(a.dtype)
+
+        return score
 
 
 def ddpm_chain(score: Callable, start: torch.Tensor, times: torch.Tensor, *, sde: VPSDE | None = None,
-               generator=None, noise: Callable | None = None) -> torch.Tensor:
+               generator=None, noise: Callable | None = None, clip: float | None = None) -> torch.Tensor:
     r"""The DDPM ancestral chain of :func:`diffnotes.samplers.ddpm`, differentiable in the score's parameters.
 
     With :math:`\bar\alpha = \alpha(t)^2`, :math:`\bar\alpha' = \alpha(t')^2`,
@@ -806,6 +984,12 @@ def ddpm_chain(score: Callable, start: torch.Tensor, times: torch.Tensor, *, sde
     reparameterised policy of Diffusion-QL :cite:p:`wang2023diffusion` (book chapter *Control and reinforcement
     learning*).
 
+    With ``clip = c`` the denoised estimate :math:`\hat x_0 = (x + h\,s)/\alpha` is clipped to :math:`[-c, c]` at
+    every step and the step uses the score :math:`(\alpha\,\hat x_0 - x)/h` of the clipped estimate (the DDPM step
+    is the posterior mean given :math:`\hat x_0`, so this is the clipping of the predicted action to the action
+    box of :cite:t:`wang2023diffusion`); the result then lies in :math:`[-c, c]`.  The default (no clipping) is
+    the plain chain.
+
     Parameters
     ----------
     score : callable
@@ -820,6 +1004,8 @@ def ddpm_chain(score: Callable, start: torch.Tensor, times: torch.Tensor, *, sde
         Source of the injected noise.
     noise : callable, optional
         ``noise(like)`` replacing the Gaussian draws (as in the samplers).
+    clip : float, optional
+        Half-width :math:`c > 0` of the box the denoised estimates are clipped to (default: none).
 
     Returns
     -------
@@ -833,23 +1019,34 @@ def ddpm_chain(score: Callable, start: torch.Tensor, times: torch.Tensor, *, sde
     """
     sde = _checks.sde_or_default(sde)
     times = _check_times(times, sde)
+    if clip is not None:
+        clip = float(clip)
+        if not (math.isfinite(clip) and clip > 0):
+            raise ValueError(f"clip must be a finite number > 0 or None, got {clip!r}")
     loop = _Loop(_checks.points(start, "start"), generator, noise, what="the DDPM chain")  # the samplers' loop
 
     def rows(t):
         return torch.full((loop.x.shape[0],), float(t), dtype=loop.x.dtype, device=loop.x.device)
 
+    def clipped(x, s, t):
+        if clip is None:
+            return s
+        alpha, h = float(sde.alpha(t)), float(sde.h(t))
+        return (alpha * sde.denoise(x, s, t).clamp(-clip, clip) - x) / h
+
     for t, t_next in zip(times[:-1].tolist(), times[1:].tolist(), strict=True):
         x = loop.x
         xi = loop.draw(x)
-        loop.record(_ddpm_update(sde, x, score(x, rows(t)), t, t_next, xi))
+        loop.record(_ddpm_update(sde, x, clipped(x, score(x, rows(t)), t), t, t_next, xi))
     t_last = float(times[-1])
-    loop.record(sde.denoise(loop.x, score(loop.x, rows(t_last)), t_last))
+    x0 = sde.denoise(loop.x, score(loop.x, rows(t_last)), t_last)
+    loop.record(x0 if clip is None else x0.clamp(-clip, clip))
     return loop.result()
 
 
 def diffusion_ql_loss(model: Callable, actions: torch.Tensor, obs: torch.Tensor, *, q: Callable, eta: float,
-                      times: torch.Tensor, t0: float = 1e-3, sde: VPSDE | None = None,
-                      generator=None) -> torch.Tensor:
+                      times: torch.Tensor, t0: float = 1e-3, sde: VPSDE | None = None, clip: float | None = None,
+                      dsm_times: str = "uniform", generator=None) -> torch.Tensor:
     r"""The Diffusion-QL policy loss: behaviour cloning by DSM plus a Q-value term on the policy's own actions.
 
     .. math::
@@ -858,11 +1055,14 @@ def diffusion_ql_loss(model: Callable, actions: torch.Tensor, obs: torch.Tensor,
         \qquad a_\theta = \text{DDPM chain of } s_\theta(\cdot, s, \cdot) \text{ from } a_T\sim\mathsf N(0, I),
 
     with :math:`L_{\rm DSM}` of :func:`policy_dsm_loss` and the reverse chain of :func:`ddpm_chain` on the grid
-    ``times`` (Diffusion-QL uses a few steps, e.g. 5), through which the gradient of Q flows to :math:`\theta`.  The
-    DSM term keeps the policy on the support of the behaviour data; the Q term moves its mass to the better actions
-    there.  :cite:t:`wang2023diffusion` write the normaliser :math:`\mathbb E|Q|` over the data's actions; their
-    code normalises by the mean :math:`|Q|` of the new actions (detached), which is what is done here.  Review
-    Section 3.2; book chapter *Control and reinforcement learning*.
+    ``times`` (clipped to the action box with ``clip``), through which the gradient of Q flows to :math:`\theta`.
+    The DSM term keeps the policy on the support of the behaviour data; the Q term moves its mass to the better
+    actions there.  ``dsm_times="uniform"`` draws the DSM times uniformly in :math:`[t_0, T]`; ``"chain"`` draws
+    them uniformly among the chain's own times, the discrete-time DDPM loss that :cite:t:`wang2023diffusion`
+    train with, so that the network is fitted exactly where the chain evaluates it.  :cite:t:`wang2023diffusion`
+    write the normaliser :math:`\mathbb E|Q|` over the data's actions; their code normalises by the mean
+    :math:`|Q|` of the new actions (detached), which is what is done here.  Review Section 3.2; book chapter
+    *Control and reinforcement learning*.
 
     Parameters
     ----------
@@ -876,34 +1076,108 @@ def diffusion_ql_loss(model: Callable, actions: torch.Tensor, obs: torch.Tensor,
         Weight :math:`\eta \ge 0` of the Q term (0: behaviour cloning).
     times : torch.Tensor
         Grid of the reverse chain.
-    t0, sde, generator
-        As in :func:`policy_dsm_loss`; ``generator`` also draws the chain's start and noise.
+    t0, sde
+        As in :func:`policy_dsm_loss` (t0 is used by ``dsm_times="uniform"`` only).
+    clip : float, optional
+        As in :func:`ddpm_chain`.
+    dsm_times : {"uniform", "chain"}
+        Where the DSM term draws its times (see above).
+    generator : int, torch.Generator or numpy.random.Generator, optional
+        Source of the DSM draws and of the chain's start and noise.
     """
     eta = float(eta)
     if not (math.isfinite(eta) and eta >= 0):
         raise ValueError(f"eta must be a finite number >= 0, got {eta!r}")
     if not callable(q):
         raise TypeError("q must be a callable q(s, a)")
+    if dsm_times not in ("uniform", "chain"):
+        raise ValueError(f"dsm_times must be 'uniform' or 'chain', got {dsm_times!r}")
     gen = _checks.generator(generator)
-    loss = policy_dsm_loss(model, actions, obs, t0, sde=sde, generator=gen)
+    if dsm_times == "uniform":
+        loss = policy_dsm_loss(model, actions, obs, t0, sde=sde, generator=gen)
+    else:
+        grid = _check_times(times, _checks.sde_or_default(sde))
+        pick = torch.randint(0, grid.numel(), (actions.shape[0],), generator=gen, device=grid.device)
+        loss = policy_dsm_loss(model, actions, obs, float(grid[-1]) / 2, sde=sde, generator=gen,
+                               t=grid[pick].to(actions.dtype))
     if eta == 0:
         return loss
     obs = obs.to(actions.dtype)
     start = torch.randn(actions.shape, generator=gen, dtype=actions.dtype, device=actions.device)
-    a_new = ddpm_chain(lambda a, t: model(a, obs, t), start, times, sde=sde, generator=gen)
+    a_new = ddpm_chain(lambda a, t: model(a, obs, t), start, times, sde=sde, generator=gen, clip=clip)
     q_new = q(obs, a_new)
     return loss - eta * q_new.mean() / q_new.detach().abs().mean().clamp_min(1e-12)
 
 
+class DiffusionQLPolicy:
+    r"""The policy of :func:`fit_diffusion_ql`: the differentiable training chain, run without gradients.
+
+    ``policy(obs, generator)`` draws :math:`a_T \sim \mathsf N(0, I)` and runs :func:`ddpm_chain` on the score
+    :math:`a \mapsto s_\theta(a, s, t)` of each row's observation, on the grid ``times`` and with the clipping
+    ``clip`` of training: the policy sampled at test time is exactly the chain whose actions the Q term improved
+    (book chapter *Control and reinforcement learning*; :cite:p:`wang2023diffusion`).
+
+    Parameters
+    ----------
+    score : callable
+        The conditional score ``score(a, s, t)``.
+    action_dim, obs_dim : int
+        Dimensions of the action and of the observation.
+    times : torch.Tensor
+        The chain's time grid.
+    sde : VPSDE, optional
+        The forward process the score was trained with.
+    clip : float, optional
+        The action box's half-width (see :func:`ddpm_chain`).
+    """
+
+    def __init__(self, score: Callable, action_dim: int, obs_dim: int, *, times: torch.Tensor,
+                 sde: VPSDE | None = None, clip: float | None = None):
+        if not callable(score):
+            raise TypeError("score must be a callable score(a, s, t)")
+        _checks.sizes(action_dim=action_dim, obs_dim=obs_dim)
+        self.score, self.action_dim, self.obs_dim = score, int(action_dim), int(obs_dim)
+        self.sde = _checks.sde_or_default(sde)
+        self.times = _check_times(times, self.sde)
+        self.clip = clip
+
+    def __call__(self, obs: torch.Tensor, generator=None) -> torch.Tensor:
+        """Actions (n, action_dim) for observations ``obs`` (n, obs_dim), one independent draw per row.
+
+        Parameters
+        ----------
+        obs : torch.Tensor
+            Observations, shape (n, obs_dim).
+        generator : int, torch.Generator or numpy.random.Generator, optional
+            Source of the chain's start and noise.
+        """
+        obs = _checks.points(obs, "obs", self.obs_dim)
+        gen = _checks.generator(generator)
+        start = torch.randn((obs.shape[0], self.action_dim), generator=gen, dtype=obs.dtype, device=obs.device)
+        with torch.no_grad():
+            return ddpm_chain(lambda a, t: self.score(a, obs, t), start, self.times, sde=self.sde, generator=gen,
+                              clip=self.clip)
+
+
 def fit_diffusion_ql(obs: torch.Tensor, actions: torch.Tensor, *, q: Callable, eta: float,
-                     sde: VPSDE | None = None, t0: float = 1e-3, n_steps: int = 5, steps: int = 1000,
-                     batch_size: int = 256, lr: float = 2e-3, hidden: int = 64, depth: int = 2,
-                     generator=None, progress: bool = False) -> DiffusionPolicy:
+                     sde: VPSDE | None = None, t0: float = 3e-3, n_steps: int = 29, spacing: str = "log",
+                     clip: float | None = None, dsm_times: str = "chain", steps: int = 1000, batch_size: int = 256,
+                     lr: float = 2e-3, lr_schedule: str | None = None, ema: float | None = None, hidden: int = 64,
+                     depth: int = 3, init: DiffusionQLPolicy | None = None, generator=None,
+                     progress: bool = False) -> DiffusionQLPolicy:
     r"""Train a diffusion policy by :func:`diffusion_ql_loss` (``eta = 0``: behaviour cloning) on logged pairs.
 
-    The returned :class:`DiffusionPolicy` samples with the ``n_steps`` steps of the training chain (its DDPM
-    update is the same as :func:`ddpm_chain`'s).  Book chapter *Control and reinforcement learning*;
-    :cite:p:`wang2023diffusion`.
+    The chain runs on ``time_grid(sde, t0, n_steps, spacing)``: ``n_steps`` DDPM steps and a final denoising, so
+    ``n_steps + 1`` evaluations of the network (default 30, on a grid uniform in :math:`\log t`: on the bandit of
+    the book chapter the published :math:`N = 5` leaves, even with the exact score, a quarter of the actions
+    between the behaviour modes).  The default forward process is the variance-preserving schedule of
+    :cite:t:`wang2023diffusion`, :class:`~diffnotes.sde.LinearVP` with :math:`\beta_{\min} = 0.1`,
+    :math:`\beta_{\max} = 10` and :math:`T = 1` (their discrete schedule for N steps is this process on the uniform
+    grid :math:`t_k = k/N`).  The network is an :class:`ObservationScoreMLP` of ``depth`` hidden layers of width
+    ``hidden`` predicting the noise.  ``init`` starts the network from a trained policy's (a warm start: e.g.
+    Diffusion-QL from behaviour cloning; it must have the same network shape).  The returned
+    :class:`DiffusionQLPolicy` samples with the training chain.  Book chapter *Control and reinforcement
+    learning*.
 
     Parameters
     ----------
@@ -911,28 +1185,46 @@ def fit_diffusion_ql(obs: torch.Tensor, actions: torch.Tensor, *, q: Callable, e
         Logged contexts (n, d_s) and actions (n, d_a).
     q, eta
         As in :func:`diffusion_ql_loss`.
-    sde, t0, n_steps
-        Forward process, early-stopping time and number of reverse steps.
-    steps, batch_size, lr
-        As in :func:`diffnotes.training.train`.
+    sde : VPSDE, optional
+        Forward process (default ``LinearVP(0.1, 10, T=1)``).
+    t0, n_steps, spacing
+        The chain's last time, number of DDPM steps and grid spacing (:func:`diffnotes.samplers.time_grid`).
+    clip : float, optional
+        Half-width of the action box the chain clips to (:func:`ddpm_chain`).
+    dsm_times : {"chain", "uniform"}
+        Where the DSM term draws its times (:func:`diffusion_ql_loss`; default the chain's times).
+    steps, batch_size, lr, lr_schedule, ema
+        As in :func:`diffnotes.training.train` (with ``ema`` the policy uses the averaged weights).
     hidden, depth
-        Of the :class:`ObservationScoreMLP`.
+        Of the :class:`ObservationScoreMLP` (ignored with ``init``).
+    init : DiffusionQLPolicy, optional
+        A policy returned by this function whose network starts the training (copied, not modified).
     generator : int, torch.Generator or numpy.random.Generator, optional
         Source of the weights and of every draw of training.
     progress : bool
         Show a progress bar.
     """
     obs, actions = _pairs(obs, actions)
-    sde = _checks.sde_or_default(sde) if sde is not None else ConstantVP(T=5.0)
+    sde = _checks.sde_or_default(sde) if sde is not None else LinearVP(beta_min=0.1, beta_max=10.0, T=1.0)
     n_steps = _checks.positive_int(n_steps, "n_steps")
     gen = _training_generator(generator)
-    times = time_grid(sde, t0, n_steps, spacing="logsnr")
-    net = ObservationScoreMLP(actions.shape[1], obs.shape[1], hidden, depth, generator=gen)
-    model = as_score(net, "eps", sde, conditional=True)
-    loss = functools.partial(diffusion_ql_loss, q=q, eta=eta, times=times, t0=t0, sde=sde)
+    times = time_grid(sde, t0, n_steps, spacing=spacing)
+    if init is not None:
+        if not isinstance(init, DiffusionQLPolicy) or not isinstance(init.score, nn.Module):
+            raise TypeError("init must be a DiffusionQLPolicy returned by fit_diffusion_ql")
+        if (init.action_dim, init.obs_dim) != (actions.shape[1], obs.shape[1]):
+            raise ValueError(f"init has action and observation dimensions {(init.action_dim, init.obs_dim)}, the "
+                             f"data {(actions.shape[1], obs.shape[1])}")
+        model = copy.deepcopy(init.score).requires_grad_(True)
+    else:
+        net = ObservationScoreMLP(actions.shape[1], obs.shape[1], hidden, depth, generator=gen)
+        model = as_score(net, "eps", sde, conditional=True)
+    loss = functools.partial(diffusion_ql_loss, q=q, eta=eta, times=times, t0=t0, sde=sde, clip=clip,
+                             dsm_times=dsm_times)
     result = train(model, loss, (actions.float(), obs.float()), steps=steps, batch_size=batch_size, lr=lr,
-                   generator=gen, progress=progress)
-    model.requires_grad_(False)
-    policy = DiffusionPolicy(model, actions.shape[1], obs.shape[1], sde=sde, t0=t0, n_steps=n_steps)
+                   lr_schedule=lr_schedule, ema=ema, generator=gen, progress=progress)
+    final = result.ema_model if result.ema_model is not None else result.model
+    final.requires_grad_(False)
+    policy = DiffusionQLPolicy(final, actions.shape[1], obs.shape[1], times=times, sde=sde, clip=clip)
     policy.losses = result.losses
     return policy

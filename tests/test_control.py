@@ -244,7 +244,7 @@ def test_diffusion_ql_loss_reduces_to_dsm_and_is_differentiable():
 
 
 def test_bandit_q_is_the_conditional_mean_reward():
-    bandit = C.BimodalBandit(sigma_b=0.15, sigma_r=0.1)
+    bandit = C.BimodalBandit(sigma_r=0.1)
     s, a, r = bandit.dataset(40000, generator=0)
     resid = r - bandit.q(s, a)
     # the residual is the reward noise: mean 0 within 5 standard errors, standard deviation sigma_r
@@ -253,5 +253,153 @@ def test_bandit_q_is_the_conditional_mean_reward():
     assert float(bandit.in_support(a).double().mean()) > 0.99  # 3 sigma_b holds 99.7 % of each mode
     with pytest.raises(ValueError, match="sigma_b"):
         C.BimodalBandit(sigma_b=0.0)
+    with pytest.raises(ValueError, match="mode"):
+        C.BimodalBandit(mode=1.0, bound=1.0)
     with pytest.raises(ValueError, match="s and a"):
         bandit.q(s[:3], a)
+
+
+def test_bandit_behaviour_law_is_the_truncated_mixture():
+    from scipy import stats
+
+    bandit = C.BimodalBandit()  # modes +-0.7, width 0.1, box [-1, 1]
+    a = bandit.behaviour_sample(100000, generator=1)
+    assert a.shape == (100000, 1) and a.dtype == torch.float64
+    assert float(a.abs().max()) <= bandit.bound  # the logged law lies inside the box
+    assert stats.kstest(a[:, 0].numpy(), bandit.behaviour_cdf).pvalue > 1e-3
+    se = float(a.abs().std()) / math.sqrt(a.shape[0])
+    assert abs(float(a.abs().mean()) - bandit.mode_mean) < 5 * se
+    x = np.linspace(-1.2, 1.2, 24001)
+    F = bandit.behaviour_cdf(x)
+    assert F[0] == 0.0 and F[-1] == 1.0
+    np.testing.assert_allclose(bandit.behaviour_cdf(-x), 1 - F, atol=1e-12)
+    inner = np.abs(x) < 0.99  # the density jumps to 0 at the box edge
+    np.testing.assert_allclose(np.gradient(F, x)[inner], bandit.behaviour_pdf(x)[inner], atol=2e-3)
+    # a box far away from the modes: the plain two-normal mixture
+    wide = C.BimodalBandit(mode=0.7, sigma_b=0.1, bound=10.0)
+    ref = 0.5 * stats.norm.cdf(x, -0.7, 0.1) + 0.5 * stats.norm.cdf(x, 0.7, 0.1)
+    np.testing.assert_allclose(wide.behaviour_cdf(x), ref, atol=1e-12)
+    assert wide.mode_mean == pytest.approx(0.7, abs=1e-12)
+
+
+def test_bandit_in_support_includes_the_box_edge():
+    bandit = C.BimodalBandit()  # the box edge is exactly 3 sigma_b from the mode
+    a = torch.tensor([[1.0], [-1.0], [0.4], [0.39], [1.01], [0.0]], dtype=torch.float64)
+    assert bandit.in_support(a).tolist() == [True, True, True, False, False, False]
+
+
+def test_bandit_wasserstein_is_exact_and_its_floor_shrinks():
+    bandit = C.BimodalBandit()
+    # W1 between a point mass at 0 and the law is E|a|, the mean of a mode
+    assert bandit.wasserstein(torch.zeros(7, 1)) == pytest.approx(bandit.mode_mean, abs=1e-6)
+    # and it agrees with the sample-to-sample distance to a large exact sample
+    from diffnotes.metrics import wasserstein_1d
+
+    x = bandit.behaviour_sample(500, generator=2)
+    big = bandit.behaviour_sample(400000, generator=3)
+    assert bandit.wasserstein(x) == pytest.approx(wasserstein_1d(x, big), abs=3e-3)
+    f1, f4 = bandit.wasserstein_floor(250, 40, generator=4), bandit.wasserstein_floor(1000, 40, generator=5)
+    assert f1.shape == (40,) and np.all(f1 > 0)
+    assert f4.mean() < 0.75 * f1.mean()  # about n^(-1/2): a factor 1/2 for four times the draws
+    with pytest.raises(ValueError, match="finite"):
+        bandit.wasserstein(torch.tensor([[float("nan")]]))
+
+
+def test_bandit_noised_score_matches_quadrature():
+    bandit = C.BimodalBandit()
+    sde = LinearVP(0.1, 10.0, 1.0)
+    score = bandit.noised_score(sde)
+    g = np.linspace(-1, 1, 200001)
+    dens = bandit.behaviour_pdf(g)
+    x = np.linspace(-1.3, 1.3, 9)
+    for t in (0.005, 0.05, 0.5):
+        alpha, h = float(sde.alpha(t)), float(sde.h(t))
+
+        def logp(y, alpha=alpha, h=h):
+            k = np.exp(-((y[:, None] - alpha * g[None, :]) ** 2) / (2 * h)) / math.sqrt(2 * math.pi * h)
+            return np.log(np.trapezoid(dens[None, :] * k, g, axis=1))
+
+        fd = (logp(x + 1e-5) - logp(x - 1e-5)) / 2e-5
+        ours = score(torch.as_tensor(x)[:, None], t)[:, 0].numpy()
+        np.testing.assert_allclose(ours, fd, rtol=1e-4, atol=1e-3)
+    with pytest.raises(TypeError, match="sde"):
+        bandit.noised_score(None)
+
+
+def test_ddpm_chain_clip():
+    sde = LinearVP(0.1, 10.0, 1.0)
+    times = time_grid(sde, 1e-2, 6, spacing="logsnr")
+
+    def score(x, t):
+        return -x / (4.0 * sde.alpha(t)[:, None] ** 2 + sde.h(t)[:, None])  # N(0, 4) data: leaves the box
+
+    start = torch.randn(400, 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    plain = C.ddpm_chain(score, start, times, sde=sde, generator=1)
+    loose = C.ddpm_chain(score, start, times, sde=sde, generator=1, clip=1e6)
+    torch.testing.assert_close(loose, plain, atol=1e-10, rtol=0)
+    boxed = C.ddpm_chain(score, start, times, sde=sde, generator=1, clip=0.5)
+    assert float(plain.abs().max()) > 0.5 and float(boxed.abs().max()) <= 0.5
+    with pytest.raises(ValueError, match="clip"):
+        C.ddpm_chain(score, start, times, sde=sde, clip=0.0)
+
+
+def test_exact_score_chain_needs_more_than_five_steps():
+    bandit = C.BimodalBandit()
+    sde = LinearVP(0.1, 10.0, 1.0)
+    score = bandit.noised_score(sde)
+    tol = float(np.quantile(bandit.wasserstein_floor(4000, 100, generator=6), 0.975))
+    w1 = {}
+    for name, times in {"N = 5": time_grid(sde, 0.2, 4, spacing="uniform"),
+                        "20": time_grid(sde, 1e-2, 19, spacing="logsnr")}.items():
+        start = torch.randn(4000, 1, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+        w1[name] = bandit.wasserstein(C.ddpm_chain(score, start, times, sde=sde, generator=8, clip=1.0))
+    assert w1["20"] <= tol < 0.1 < w1["N = 5"]
+
+
+def test_diffusion_ql_loss_with_the_chain_times():
+    from diffnotes.networks import as_score
+
+    bandit = C.BimodalBandit()
+    s, a, _ = bandit.dataset(64, generator=0)
+    sde = LinearVP(0.1, 10.0, 1.0)
+    model = as_score(C.ObservationScoreMLP(1, 1, hidden=8, depth=1, generator=0), "eps", sde, conditional=True)
+    times = time_grid(sde, 1e-2, 3, spacing="logsnr")
+    ours = C.diffusion_ql_loss(model, a, s, q=bandit.q, eta=0.0, times=times, sde=sde, dsm_times="chain",
+                               generator=3)
+    gen = torch.Generator().manual_seed(3)
+    t = times[torch.randint(0, times.numel(), (64,), generator=gen)]
+    ref = C.policy_dsm_loss(model, a, s, 5e-3, sde=sde, generator=gen, t=t)
+    assert float(ours.detach()) == float(ref.detach())
+    ql = C.diffusion_ql_loss(model, a, s, q=bandit.q, eta=1.0, times=times, sde=sde, dsm_times="chain", clip=1.0,
+                             generator=3)
+    ql.backward()
+    assert all(p.grad is not None and torch.all(torch.isfinite(p.grad)) for p in model.parameters())
+    with pytest.raises(ValueError, match="dsm_times"):
+        C.diffusion_ql_loss(model, a, s, q=bandit.q, eta=0.0, times=times, sde=sde, dsm_times="grid")
+
+
+def test_fit_diffusion_ql_returns_the_training_chain_and_warm_starts():
+    bandit = C.BimodalBandit()
+    s, a, _ = bandit.dataset(200, generator=0)
+    kw = dict(q=bandit.q, n_steps=3, clip=1.0, steps=3, batch_size=32, hidden=8, depth=1)
+    bc = C.fit_diffusion_ql(s, a, eta=0.0, generator=1, **kw)
+    assert isinstance(bc, C.DiffusionQLPolicy) and bc.losses.shape == (3,)
+    assert bc.times.numel() == 4 and isinstance(bc.sde, LinearVP) and bc.sde.beta_max == 10.0
+    obs = torch.linspace(-1, 1, 50, dtype=torch.float64)[:, None]
+    act = bc(obs, generator=2)
+    assert act.shape == (50, 1) and float(act.abs().max()) <= 1.0
+    torch.testing.assert_close(act, bc(obs, generator=2))  # one generator, one draw
+    # the policy is the chain of ddpm_chain with the same draws
+    g = torch.Generator().manual_seed(2)
+    start = torch.randn(50, 1, generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        ref = C.ddpm_chain(lambda x, t: bc.score(x, obs, t), start, bc.times, sde=bc.sde, generator=g, clip=1.0)
+    torch.testing.assert_close(act, ref)
+    before = [p.clone() for p in bc.score.parameters()]
+    ql = C.fit_diffusion_ql(s, a, eta=1.0, init=bc, generator=3, **kw)
+    assert all(torch.equal(p, q) for p, q in zip(before, bc.score.parameters(), strict=True))  # init untouched
+    assert any(not torch.equal(p, q) for p, q in zip(before, ql.score.parameters(), strict=True))
+    with pytest.raises(TypeError, match="init"):
+        C.fit_diffusion_ql(s, a, eta=1.0, init=object(), generator=3, **kw)
+    with pytest.raises(ValueError, match="dimensions"):
+        C.fit_diffusion_ql(s, torch.cat([a, a], 1), eta=1.0, init=bc, generator=3, **kw)
