@@ -4,8 +4,11 @@ A rate claim such as "the squared score error decays like :math:`n^{-2/(d+4)}`" 
 by fitting :math:`\log y = a + b\log x` by least squares and asking whether the theory's exponent lies in the
 slope's uncertainty interval.  :func:`loglog_slope` gives the slope with a percentile bootstrap interval, resampling
 either the points (one measurement per x) or the repeated measurements at each x (book chapter *Sample complexity of
-score estimation*).  :func:`local_orders` and :func:`richardson_order` read the order of convergence of a
-sampler off its errors at a sequence of step counts (chapters *Samplers*, *Sampling theory*, *Faster sampling*).
+score estimation*).  :func:`seed_slopes` fits one slope per independent repeat (seed) and gives their mean and
+spread, the tolerance of a rate check that is not to come from a fit's own bootstrap interval (chapters
+*Distribution estimation*, *Score approximation*).  :func:`local_orders` and :func:`richardson_order` read the
+order of convergence of a sampler off its errors at a sequence of step counts (chapters *Samplers*, *Sampling
+theory*, *Faster sampling*).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import numpy as np
 
 from . import _checks
 
-__all__ = ["Slope", "loglog_slope", "covered_tol", "local_orders", "richardson_order"]
+__all__ = ["Slope", "loglog_slope", "covered_tol", "SeedSlopes", "seed_slopes", "local_orders", "richardson_order"]
 
 
 class Slope(NamedTuple):
@@ -152,6 +155,82 @@ def covered_tol(fit: Slope, theory: float) -> float:
     if not math.isfinite(theory):
         raise ValueError(f"theory must be finite, got {theory}")
     return fit.high - fit.slope if theory > fit.slope else fit.slope - fit.low
+
+
+class SeedSlopes(NamedTuple):
+    """Log-log slopes of independent repeats and their spread (see :func:`seed_slopes`).
+
+    Parameters
+    ----------
+    slopes : numpy.ndarray of shape (r,)
+        The least-squares slope of each repeat.
+    mean : float
+        Their mean.
+    sd : float
+        Their sample standard deviation (``ddof=1``).
+    se : float
+        The standard error of the mean, ``sd / sqrt(r)``.
+    """
+
+    slopes: np.ndarray
+    """The least-squares slope of each repeat."""
+    mean: float
+    """Their mean."""
+    sd: float
+    """Their sample standard deviation (ddof = 1)."""
+    se: float
+    """The standard error of the mean, sd / sqrt(r)."""
+
+    def __str__(self) -> str:
+        return f"slope {self.mean:.3f} +- {self.se:.3f} (sd {self.sd:.3f} over {self.slopes.size} seeds)"
+
+
+def seed_slopes(x, y) -> SeedSlopes:
+    r"""One least-squares log-log slope per independent repeat, with the mean and spread over repeats.
+
+    Column :math:`j` of ``y`` holds one independent repeat of the whole measurement (its own seed: data, random
+    features, evaluation points); its slope is
+
+    .. math::
+
+        b_j = \frac{\sum_i (\ell_i - \bar\ell)\,\log y_{ij}}{\sum_i (\ell_i - \bar\ell)^2},
+        \qquad \ell_i = \log x_i ,
+
+    and the spread of the :math:`b_j` over repeats is the sampling error of the slope, free of any assumption on how
+    the errors at different x are correlated within a repeat (the bootstrap of :func:`loglog_slope` resamples points
+    or repeats at each x, and treats the x as independent).  The mean of the :math:`b_j` is the slope of the mean of
+    :math:`\log y` over repeats.  Chapters *Distribution estimation* (the latent rate of Chen et al.'s theorem) and
+    *Score approximation* (the size law of claim T8).
+
+    Parameters
+    ----------
+    x : array of shape (k,)
+        Positive abscissae (sample sizes, parameter counts), at least 3 distinct values.
+    y : array of shape (k, r)
+        Positive measurements, one column per independent repeat, r >= 2.
+
+    Returns
+    -------
+    SeedSlopes
+        ``(slopes, mean, sd, se)``.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    if x.ndim != 1:
+        raise ValueError(f"x must be one-dimensional, got shape {x.shape}")
+    if y.ndim != 2 or y.shape[0] != x.shape[0]:
+        raise ValueError(f"y must be shaped ({x.shape[0]}, r), one column per repeat, got {y.shape}")
+    if y.shape[1] < 2:
+        raise ValueError(f"a spread over repeats needs r >= 2 columns, got {y.shape[1]}")
+    if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))) or np.any(x <= 0) or np.any(y <= 0):
+        raise ValueError("x and y must be finite and positive (they are plotted on log axes)")
+    if np.unique(x).size < 3:
+        raise ValueError(f"need at least 3 distinct x values for a slope, got {np.unique(x).size}")
+    lx = np.log(x)
+    lxc = lx - lx.mean()
+    slopes = lxc @ np.log(y) / (lxc @ lxc)
+    sd = float(slopes.std(ddof=1))
+    return SeedSlopes(slopes, float(slopes.mean()), sd, sd / math.sqrt(slopes.size))
 
 
 def _errors_and_steps(err, ns) -> tuple[np.ndarray, np.ndarray]:
