@@ -135,9 +135,9 @@ site-test: $(STAMP)
 # ---------------------------------------------------------------------------------------------- benchmark
 
 # diffusers' schedulers against diffnotes' samplers (the default `samplers.sample` and every named sampler) on exact
-# scores at 5 and 10 evaluations, and on a DSM-trained network (not part of `make test`): writes
-# _build/bench/report.md, bench_samplers.png and results.json. About 9 minutes on 2 cores (measured 519 s while
-# other work ran). `python bench/grid_rule.py` (about a minute) re-derives the default's grid on its own family of
+# scores at 5 and 10 evaluations, and on four DSM-trained networks (not part of `make test`): writes
+# _build/bench/report.md, bench_samplers.png and results.json. 107 s measured on an idle 2-core machine (519 s
+# while other work ran). `python bench/grid_rule.py` (about a minute) re-derives the default's grid on its own family of
 # Gaussian mixtures and fails if DEFAULT_CONFIG disagrees.
 bench: $(STAMP)
 	python bench/bench_samplers.py

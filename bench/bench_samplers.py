@@ -16,9 +16,10 @@ Beside them: sliced Wasserstein distance (20 000 samples) and MMD (4000) to fres
 The goal (report section "The goal at 5 and 10 evaluations on every row"): the package's default ``samplers.sample``
 at least 20 % better than the best deterministic diffusers scheduler on (a) and (b) and on every transfer case
 (rings of std 0.1 and 1.0, Gaussians of variance 0.01, 1 and 4), at 5 and at 10 evaluations, with no larger own work
-per step; the default's configuration was chosen by bench/grid_rule.py on other data.  A learned-score case trains a
-small network by denoising score matching on the ring and compares the samplers with a tight probability-flow solve
-driven by the same network.
+per step; the default's configuration was chosen by bench/grid_rule.py on other data.  A learned-score case trains
+four small networks by denoising score matching on the ring (the same recipe, four seeds) and compares the samplers
+with a tight probability-flow solve driven by the same network; its goal is met only where it is met on every
+network.
 diffusers is used here only as the library being compared against; diffnotes never imports it.
 
 Writes ``_build/bench/report.md``, ``_build/bench/bench_samplers.png`` and ``_build/bench/results.json``.
@@ -80,7 +81,10 @@ OWN_EVALS = (5, 10, 50)  # budgets at which the samplers' own work is timed
 GOAL_EVALS = (5, 10)  # budgets of the goal: >= 20 % better than the best diffusers scheduler on every row
 GOAL_GAIN = 0.2
 DEFAULT_KEY = "ours-default"  # the entry that is samplers.sample, the package's default (DEFAULT_CONFIG)
-LEARNED_STEPS = 1500  # Adam steps of the DSM-trained network of the learned-score case
+LEARNED_STEPS = 1500  # Adam steps of each DSM-trained network of the learned-score case
+# (network initialisation, batch order) seeds of the learned-score case's trainings; the first is the one network
+# of earlier reports
+LEARNED_SEEDS = ((8, 9), (101, 201), (102, 202), (103, 203))
 LEARNED_STARTS = 1000
 LEARNED_ODE_TOL = 1e-8
 OWN_REPEATS = 15
@@ -534,8 +538,11 @@ def every_row_goal(entries, transfer_by):
 
 
 def learned_case(sde, target, entries, say):
-    """A DSM-trained network on the ring's samples: every deterministic sampler at the goal budgets against a tight
-    solve of the probability-flow ODE with the same network (its own flow, not the data's)."""
+    """DSM-trained networks on the ring's samples (LEARNED_NETS trainings that differ only in their seeds): every
+    deterministic sampler at the goal budgets against a tight solve of the probability-flow ODE with the same network
+    (its own flow, not the data's).  One network is not enough: a sampler's ratio to the best diffusers scheduler
+    moves by a factor of up to 3 from one training to the next (measured at 10 evaluations), so the goal on this row
+    is met only where it is met on every network."""
     import functools
 
     from diffnotes.losses import dsm_loss
@@ -543,36 +550,42 @@ def learned_case(sde, target, entries, say):
     from diffnotes.training import train
 
     x_train = target.sample(4000, generator=torch.Generator().manual_seed(7))
-    net = as_score(ScoreMLP(2, hidden=64, depth=2, generator=8), "eps", sde)
-    t1 = time.perf_counter()
-    train(net, functools.partial(dsm_loss, t0=T0, sde=sde), x_train, steps=LEARNED_STEPS, batch_size=256, lr=2e-3,
-          generator=torch.Generator().manual_seed(9), progress=False)
-    train_s = time.perf_counter() - t1
-
-    def score(x, t):
-        with torch.no_grad():
-            return net(x, t)
-
     starts = torch.randn(LEARNED_STARTS, 2, generator=torch.Generator().manual_seed(10), dtype=torch.float64)
-    ref_t0, nfev = pf_ode_reference(sde, score, starts, T0, tol=LEARNED_ODE_TOL)
-    ref_loose, _ = pf_ode_reference(sde, score, starts, T0, tol=LEARNED_ODE_TOL * 100)
-    refs = {T0: ref_t0, 0.0: tweedie(sde, score, ref_t0, T0)}
-    res = {"train_steps": LEARNED_STEPS, "train_s": train_s, "ode_score_calls": nfev,
-           "ode_accuracy_vs_100x_looser": float((ref_t0 - ref_loose).abs().max()),
-           "sw_net_flow_to_data": metrics.sliced_wasserstein(refs[0.0], x_train[:LEARNED_STARTS], n_projections=N_PROJ,
-                                                             rng=0),
-           "rms": {}}
-    for e in entries:
-        if e.deterministic:
-            res["rms"][e.key] = {str(kk): rms(e.run(starts, kk, score).double(), refs[e.tau]) for kk in GOAL_EVALS}
     rivals = [e.key for e in entries if e.family == "diffusers" and e.deterministic and e.key != "dpm-quad"]
-    res["goal"] = {}
-    for kk in GOAL_EVALS:
-        rival = min(rivals, key=lambda key, kk=kk: res["rms"][key][str(kk)])
-        ratio = res["rms"][DEFAULT_KEY][str(kk)] / res["rms"][rival][str(kk)]
-        res["goal"][str(kk)] = {"rival": rival, "ratio": ratio, "met": bool(ratio <= 1 - GOAL_GAIN)}
-    say(f"learned score: trained in {train_s:.0f} s; default / best diffusers: " +
-        ", ".join(f"{kk} evals {g['ratio']:.2f} ({g['rival']})" for kk, g in res["goal"].items()))
+    nets = []
+    for k, (init_seed, batch_seed) in enumerate(LEARNED_SEEDS):
+        net = as_score(ScoreMLP(2, hidden=64, depth=2, generator=init_seed), "eps", sde)
+        t1 = time.perf_counter()
+        train(net, functools.partial(dsm_loss, t0=T0, sde=sde), x_train, steps=LEARNED_STEPS, batch_size=256,
+              lr=2e-3, generator=torch.Generator().manual_seed(batch_seed), progress=False)
+        train_s = time.perf_counter() - t1
+
+        def score(x, t, net=net):
+            with torch.no_grad():
+                return net(x, t)
+
+        ref_t0, nfev = pf_ode_reference(sde, score, starts, T0, tol=LEARNED_ODE_TOL)
+        ref_loose, _ = pf_ode_reference(sde, score, starts, T0, tol=LEARNED_ODE_TOL * 100)
+        refs = {T0: ref_t0, 0.0: tweedie(sde, score, ref_t0, T0)}
+        one = {"seeds": [init_seed, batch_seed], "train_s": train_s, "ode_score_calls": nfev,
+               "ode_accuracy_vs_100x_looser": float((ref_t0 - ref_loose).abs().max()),
+               "sw_net_flow_to_data": metrics.sliced_wasserstein(refs[0.0], x_train[:LEARNED_STARTS],
+                                                                 n_projections=N_PROJ, rng=0),
+               "rms": {e.key: {str(kk): rms(e.run(starts, kk, score).double(), refs[e.tau]) for kk in GOAL_EVALS}
+                       for e in entries if e.deterministic},
+               "goal": {}}
+        for kk in GOAL_EVALS:
+            rival = min(rivals, key=lambda key, kk=kk, one=one: one["rms"][key][str(kk)])
+            ratio = one["rms"][DEFAULT_KEY][str(kk)] / one["rms"][rival][str(kk)]
+            one["goal"][str(kk)] = {"rival": rival, "ratio": ratio, "met": bool(ratio <= 1 - GOAL_GAIN)}
+        nets.append(one)
+        say(f"learned score, network {k + 1}: trained in {train_s:.0f} s; default / best diffusers: " +
+            ", ".join(f"{kk} evals {g['ratio']:.2f} ({g['rival']})" for kk, g in one["goal"].items()))
+    res = {"train_steps": LEARNED_STEPS, "networks": nets, "goal": {}}
+    for kk in map(str, GOAL_EVALS):
+        ratios = [one["goal"][kk]["ratio"] for one in nets]
+        res["goal"][kk] = {"ratios": ratios, "worst_ratio": max(ratios),
+                           "n_met": sum(r <= 1 - GOAL_GAIN for r in ratios), "met": bool(max(ratios) <= 1 - GOAL_GAIN)}
     return res
 
 
@@ -796,23 +809,27 @@ def report(res, entries, figure_name):
             w(f"| {name} | {r['rival']} | {r['diffusers']:.4f} | {r['ours']:.4f} | {r['ratio']:.2f} | {verdict} |")
         w("")
     lr = res["learned"]
-    w("## Learned score: a DSM-trained network\n")
-    w(f"A `ScoreMLP` (2 hidden layers of 64, noise prediction) trained by denoising score matching on 4000 draws "
-      f"of the ring ({lr['train_steps']} Adam steps, {lr['train_s']:.0f} s). Reference: the probability-flow ODE "
-      f"with the same network, DOP853 at rtol = atol = {LEARNED_ODE_TOL:g} ({lr['ode_score_calls']} calls; it "
-      f"moves by {lr['ode_accuracy_vs_100x_looser']:.1e} at a 100 times looser tolerance), then Tweedie at t0 for "
-      f"samplers that end with an x0 prediction, as in (a). {LEARNED_STARTS} starts. The network's own flow is "
-      f"at sliced Wasserstein {lr['sw_net_flow_to_data']:.3f} from the data (the learning error, which no "
-      f"sampler removes).\n")
-    w("| sampler | " + " | ".join(f"RMS at {kk}" for kk in GOAL_EVALS) + " |")
+    nets = lr["networks"]
+    w("## Learned score: DSM-trained networks\n")
+    w(f"{len(nets)} `ScoreMLP`s (2 hidden layers of 64, noise prediction), each trained by denoising score matching "
+      f"on the same 4000 draws of the ring ({lr['train_steps']} Adam steps; the trainings differ only in their "
+      f"initialisation and batch seeds). Reference for each: the probability-flow ODE with the same network, DOP853 "
+      f"at rtol = atol = {LEARNED_ODE_TOL:g} (it moves by at most "
+      f"{max(n['ode_accuracy_vs_100x_looser'] for n in nets):.1e} at a 100 times looser tolerance), then Tweedie at "
+      f"t0 for samplers that end with an x0 prediction, as in (a). {LEARNED_STARTS} starts. The networks' own flows "
+      f"are at sliced Wasserstein " + ", ".join(f"{n['sw_net_flow_to_data']:.3f}" for n in nets) + " from the data "
+      "(the learning error, which no sampler removes). A single network does not decide this row: the ratios "
+      "below move a lot from one training to the next, so the goal counts as met only on every network.\n")
+    w("| sampler | " + " | ".join(f"RMS at {kk} (network 1, 2, ...)" for kk in GOAL_EVALS) + " |")
     w("|---|" + "---|" * len(GOAL_EVALS))
     for e in entries:
-        if e.key in lr["rms"]:
-            w(f"| {e.family}: {e.label} | " + " | ".join(f"{lr['rms'][e.key][str(kk)]:.4f}" for kk in GOAL_EVALS)
-              + " |")
+        if e.key in nets[0]["rms"]:
+            w(f"| {e.family}: {e.label} | " + " | ".join(
+                ", ".join(f"{n['rms'][e.key][str(kk)]:.3f}" for n in nets) for kk in GOAL_EVALS) + " |")
     w("")
-    w("Default / best diffusers: " + "; ".join(
-        f"{kk} evaluations {g['ratio']:.2f} against {g['rival']} ({'met' if g['met'] else 'NOT met'})"
+    w("Default / best diffusers, per network: " + "; ".join(
+        f"{kk} evaluations " + ", ".join(f"{r:.2f}" for r in g["ratios"]) +
+        f" ({'met' if g['met'] else 'NOT met'}: {g['n_met']} of {len(g['ratios'])} networks)"
         for kk, g in lr["goal"].items()) + ".\n")
     return "\n".join(L) + "\n"
 
