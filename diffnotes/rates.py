@@ -64,6 +64,26 @@ def _fit(lx: np.ndarray, ly: np.ndarray) -> tuple[float, float]:
     return float(b), float(a)
 
 
+def _log_axes(x, y, repeats_only: bool):
+    """x (k,) and y (k,) or (k, r) as float64 arrays, checked for a log-log fit: positive, finite, >= 3 distinct x;
+    with ``repeats_only`` y must be (k, r) with r >= 2 (one column per independent repeat)."""
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    if x.ndim != 1:
+        raise ValueError(f"x must be one-dimensional, got shape {x.shape}")
+    if y.ndim not in ((2,) if repeats_only else (1, 2)) or y.shape[0] != x.shape[0]:
+        k = x.shape[0]
+        shapes = f"({k}, r), one column per repeat" if repeats_only else f"({k},) or ({k}, r)"
+        raise ValueError(f"y must be shaped {shapes}, got {y.shape}")
+    if repeats_only and y.shape[1] < 2:
+        raise ValueError(f"a spread over repeats needs r >= 2 columns, got {y.shape[1]}")
+    if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))) or np.any(x <= 0) or np.any(y <= 0):
+        raise ValueError("x and y must be finite and positive (they are plotted on log axes)")
+    if np.unique(x).size < 3:
+        raise ValueError(f"need at least 3 distinct x values for a slope, got {np.unique(x).size}")
+    return x, y
+
+
 def loglog_slope(x, y, n_boot: int = 2000, generator=None, level: float = 0.95, *, rng=_checks.UNSET) -> Slope:
     r"""Least-squares slope of :math:`\log y` against :math:`\log x`, with a percentile bootstrap interval.
 
@@ -89,16 +109,7 @@ def loglog_slope(x, y, n_boot: int = 2000, generator=None, level: float = 0.95, 
     Slope
         ``(slope, intercept, low, high)``.
     """
-    x = np.asarray(x, dtype=np.float64)
-    y = np.asarray(y, dtype=np.float64)
-    if x.ndim != 1:
-        raise ValueError(f"x must be one-dimensional, got shape {x.shape}")
-    if y.ndim not in (1, 2) or y.shape[0] != x.shape[0]:
-        raise ValueError(f"y must be shaped ({x.shape[0]},) or ({x.shape[0]}, r), got {y.shape}")
-    if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))) or np.any(x <= 0) or np.any(y <= 0):
-        raise ValueError("x and y must be finite and positive (they are plotted on log axes)")
-    if np.unique(x).size < 3:
-        raise ValueError(f"need at least 3 distinct x values for a slope with an interval, got {np.unique(x).size}")
+    x, y = _log_axes(x, y, repeats_only=False)
     if isinstance(n_boot, bool) or int(n_boot) != n_boot or n_boot < 100:
         raise ValueError(f"n_boot must be an integer >= 100, got {n_boot!r}")
     if not 0 < level < 1:
@@ -214,18 +225,7 @@ def seed_slopes(x, y) -> SeedSlopes:
     SeedSlopes
         ``(slopes, mean, sd, se)``.
     """
-    x = np.asarray(x, dtype=np.float64)
-    y = np.asarray(y, dtype=np.float64)
-    if x.ndim != 1:
-        raise ValueError(f"x must be one-dimensional, got shape {x.shape}")
-    if y.ndim != 2 or y.shape[0] != x.shape[0]:
-        raise ValueError(f"y must be shaped ({x.shape[0]}, r), one column per repeat, got {y.shape}")
-    if y.shape[1] < 2:
-        raise ValueError(f"a spread over repeats needs r >= 2 columns, got {y.shape[1]}")
-    if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))) or np.any(x <= 0) or np.any(y <= 0):
-        raise ValueError("x and y must be finite and positive (they are plotted on log axes)")
-    if np.unique(x).size < 3:
-        raise ValueError(f"need at least 3 distinct x values for a slope, got {np.unique(x).size}")
+    x, y = _log_axes(x, y, repeats_only=True)
     lx = np.log(x)
     lxc = lx - lx.mean()
     slopes = lxc @ np.log(y) / (lxc @ lxc)
